@@ -1,0 +1,81 @@
+# One interface for people and CI. `make demo` and `make test` install what they need into .venv on first use.
+#   make demo                                   # the whole chain offline on the CPU, tiny model, shipped data
+#   make test                                   # CPU test suite (real 4-bit QLoRA path included)
+#   make all RECIPE=recipes/phi-2/qlora-t4.yaml ACCELERATE_CONFIG=accelerate_configs/single_gpu_t4.yaml
+
+RECIPE ?= recipes/phi-2/qlora.yaml
+ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
+OUTPUT_DIR ?= outputs/phi-2-xsum-qlora
+# The CPU build of torch from this machine's local index; on a GPU box use `make install TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+DEMO_DIR := outputs/demo
+DEMO_RECIPE := recipes/tiny/demo.yaml
+DEMO_RUN := $(DEMO_DIR)/run
+
+.PHONY: install data train merge eval all demo test test-gpu tensorboard lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -q -c requirements/lock.txt -e ".[dev]"
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(PYTHON) prepare_data.py --config $(RECIPE) --output_dir $(OUTPUT_DIR)
+
+train: $(STAMP)
+	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) train.py --config $(RECIPE) \
+		--output_dir $(OUTPUT_DIR) --dataset_name $(OUTPUT_DIR)/data
+
+merge: $(STAMP)
+	$(PYTHON) merge.py --config $(RECIPE) --adapter_path $(OUTPUT_DIR)/adapter --output_dir $(OUTPUT_DIR)/merged
+
+eval: $(STAMP)
+	$(PYTHON) evaluate.py --config $(RECIPE) --model_name_or_path $(OUTPUT_DIR)/merged --load_in_4bit false \
+		--dataset_name $(OUTPUT_DIR)/data --output_dir $(OUTPUT_DIR)/eval/merged
+	$(PYTHON) evaluate.py --config $(RECIPE) --baseline lead --dataset_name $(OUTPUT_DIR)/data \
+		--output_dir $(OUTPUT_DIR)/eval/lead
+	$(PYTHON) scripts/compare.py merged=$(OUTPUT_DIR)/eval/merged lead=$(OUTPUT_DIR)/eval/lead \
+		--output $(OUTPUT_DIR)/metrics.json
+
+all: data train merge eval
+
+# The same chain on a tiny random-weight Phi model, offline, on the CPU (a few minutes on 2 cores).
+demo: $(STAMP)
+	rm -rf $(DEMO_DIR)
+	HF_HUB_OFFLINE=1 $(PYTHON) scripts/build_tiny_model.py --data data/demo/train.jsonl --output_dir $(DEMO_DIR)/base-model
+	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory data train merge RECIPE=$(DEMO_RECIPE) \
+		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(DEMO_RUN)
+	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(DEMO_RECIPE) --load_in_4bit false \
+		--dataset_name $(DEMO_RUN)/data --output_dir $(DEMO_DIR)/eval/base
+	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(DEMO_RECIPE) --load_in_4bit false \
+		--model_name_or_path $(DEMO_RUN)/merged --dataset_name $(DEMO_RUN)/data --output_dir $(DEMO_DIR)/eval/finetuned
+	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(DEMO_RECIPE) --baseline lead \
+		--dataset_name $(DEMO_RUN)/data --output_dir $(DEMO_DIR)/eval/lead
+	$(PYTHON) scripts/compare.py base=$(DEMO_DIR)/eval/base finetuned=$(DEMO_DIR)/eval/finetuned \
+		lead=$(DEMO_DIR)/eval/lead --output $(DEMO_DIR)/metrics.json
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+
+test-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m gpu
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir outputs
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,22 @@
+"""Generate summaries and score them with ROUGE (F1 x 100, Porter stemmer, bootstrap 95% intervals).
+
+    python evaluate.py --config recipes/phi-2/qlora.yaml --model_name_or_path outputs/phi-2-xsum/merged \
+        --load_in_4bit false --dataset_name outputs/phi-2-xsum/data --output_dir outputs/phi-2-xsum/eval/merged
+    python evaluate.py --predictions_file predictions.jsonl --output_dir eval/   # score an existing file
+    python evaluate.py --baseline lead --dataset_name test.jsonl --output_dir eval/lead
+"""
+
+from sumtune.cli import run
+from sumtune.config import parse_args
+from sumtune.evaluation import evaluate, format_table
+
+
+def main():
+    data_args, eval_args, training_args, model_args = parse_args()
+    metrics = evaluate(data_args, eval_args, training_args, model_args)
+    print(format_table({metrics["mode"]: metrics}))
+    print(f"{metrics['num_rows']} rows; metrics written to {training_args.output_dir}/metrics.json")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,20 @@
+"""Merge a trained LoRA adapter into a 16-bit copy of the base model.
+
+    python merge.py --config recipes/phi-2/qlora.yaml --adapter_path outputs/phi-2-xsum/adapter \
+        --output_dir outputs/phi-2-xsum/merged
+"""
+
+from sumtune.cli import run
+from sumtune.config import parse_args
+from sumtune.merge import merge_adapter
+
+
+def main():
+    _, eval_args, training_args, model_args = parse_args()
+    path = merge_adapter(model_args, eval_args.adapter_path, training_args.output_dir,
+                         eval_args.overwrite_output_dir, training_args.chat_template_path)
+    print(f"Merged model saved to {path}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,84 @@
+"""Tokenizer, 4-bit base model and LoRA settings: the precision decisions live here."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from accelerate import PartialState
+from trl import ModelConfig, get_quantization_config
+
+from .config import ConfigError
+from .prompts import load_chat_template
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_dtype(name: str | None) -> torch.dtype | str:
+    if name in (None, "auto"):
+        return "auto"
+    if not hasattr(torch, name) or not isinstance(getattr(torch, name), torch.dtype):
+        raise ConfigError(f"Unknown dtype {name!r}: use float16, bfloat16, float32 or auto.")
+    return getattr(torch, name)
+
+
+def load_tokenizer(name_or_path: str, chat_template_path: str | None, padding_side: str = "right",
+                   revision: str | None = None):
+    """A tokenizer with our chat template; pad falls back to EOS (Phi-2 defines no pad token)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
+    except OSError as err:
+        raise ConfigError(f"Could not load a tokenizer from {name_or_path!r} ({err}). "
+                          "Pass a local model folder or a hub id reachable from this machine.") from None
+    tokenizer.chat_template = load_chat_template(chat_template_path)
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"The tokenizer of {name_or_path} has no EOS token; the summaries need one to end.")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def model_init_kwargs(model_args: ModelConfig, quantize: bool = True) -> dict:
+    """Keyword arguments for `from_pretrained`: dtype, attention, and 4-bit NF4 when the recipe asks for it."""
+    kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": resolve_dtype(model_args.dtype),
+        "trust_remote_code": False,
+        "use_safetensors": True,
+    }
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quantize and (model_args.load_in_4bit or model_args.load_in_8bit):
+        kwargs["quantization_config"] = get_quantization_config(model_args)
+        # Quantized weights are placed at load time: one whole copy per process, on that process's GPU (DDP).
+        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
+    return kwargs
+
+
+def load_model(model_args: ModelConfig, quantize: bool = True, device: str | None = None):
+    """The base model, in 4-bit if the recipe says so and `quantize`, else in the recipe's 16/32-bit dtype."""
+    kwargs = model_init_kwargs(model_args, quantize)
+    if device is not None and "device_map" not in kwargs:
+        kwargs["device_map"] = device
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    except OSError as err:
+        raise ConfigError(f"Could not load model {model_args.model_name_or_path!r} ({err}). Pass a local model "
+                          "folder with safetensors weights or a reachable hub id.") from None
+
+
+def upcast_trainable_params(model) -> int:
+    """Keep trainable (adapter) weights in fp32.
+
+    TRL casts QLoRA adapter weights to bf16 after wrapping the model; under fp16 mixed precision the grad scaler then
+    fails with `_amp_foreach_non_finite_check_and_unscale_cuda not implemented for 'BFloat16'`, and bf16 master
+    weights lose small updates. fp32 adapters cost a few MB for r=16 on Phi-2. Returns the number of tensors cast.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
