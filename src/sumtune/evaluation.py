@@ -121,7 +121,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
             mode = "model"
             predictions = generate_for(dataset, prepared, data_args, eval_args, training_args, model_args)
         rows = [{"id": i, "prediction": p, "reference": r}
-                for i, p, r in zip(dataset["id"], predictions, dataset["summary"])]
+                for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=False)]
     metrics = compute_rouge([r["prediction"] for r in rows], [r["reference"] for r in rows],
                             eval_args.bootstrap_samples, training_args.seed)
     metrics["mode"] = mode

@@ -20,15 +20,14 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[
 
 
 @torch.inference_mode()
-def generate_summaries(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
-                       batch_size: int = 16) -> list[str]:
-    """One summary per conversational prompt, in input order. Greedy unless num_beams > 1."""
+def iter_summaries(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
+                   batch_size: int = 16) -> Iterator[tuple[int, str]]:
+    """Yield (index into prompts, summary) batch by batch, in generation order. Greedy unless num_beams > 1."""
     if tokenizer.padding_side != "left":
         # Decoder-only models continue from the last position: right padding would put pads before the summary.
         tokenizer.padding_side = "left"
     texts = [render_prompt(tokenizer, prompt) for prompt in prompts]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    outputs: list[str | None] = [None] * len(texts)
     model.eval()
     device = next(model.parameters()).device
     for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
@@ -42,6 +41,14 @@ def generate_summaries(model, tokenizer, prompts: list[list[dict]], max_new_toke
             pad_token_id=tokenizer.pad_token_id,
         )
         new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            outputs[i] = text.strip()
+        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=False):
+            yield i, text.strip()
+
+
+def generate_summaries(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
+                       batch_size: int = 16) -> list[str]:
+    """One summary per conversational prompt, in input order."""
+    outputs: list[str] = [""] * len(prompts)
+    for i, text in iter_summaries(model, tokenizer, prompts, max_new_tokens, num_beams, batch_size):
+        outputs[i] = text
     return outputs

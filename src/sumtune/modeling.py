@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_quantization_config
 
 from .config import ConfigError
