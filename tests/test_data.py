@@ -1,0 +1,112 @@
+"""Data preparation: cleaning, the token budget, seeded subsampling, local formats, saved splits."""
+
+import json
+
+import pytest
+from conftest import ROOT, make_rows, write_jsonl
+
+from sumtune.config import ConfigError, DataArguments
+from sumtune.data import (
+    fit_to_budget,
+    is_prepared,
+    load_prepared,
+    prepare_datasets,
+    save_prepared,
+    standardize,
+    subsample,
+)
+from sumtune.prompts import render_full
+
+INSTRUCTION = (ROOT / "prompts/instruction.txt").read_text()
+
+
+def args_for(path, **overrides):
+    return DataArguments(dataset_name=str(path), instruction_path=str(ROOT / "prompts/instruction.txt"), **overrides)
+
+
+def test_long_article_is_cut_and_summary_kept(tiny_tokenizer):
+    article = "\n".join(f"Sentence number {i} about the town council and its plans." for i in range(200))
+    summary = "The council has published its plans."
+    fitted = fit_to_budget(tiny_tokenizer, INSTRUCTION, article, summary, max_length=128)
+    assert fitted["truncated"] and fitted["num_tokens"] <= 128
+    assert article.startswith(fitted["document"]) and len(fitted["document"]) < len(article)
+    assert fitted["completion"][0]["content"] == summary
+    text = render_full(tiny_tokenizer, fitted["prompt"], fitted["completion"])
+    assert len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"]) == fitted["num_tokens"]
+    assert text.endswith(summary + tiny_tokenizer.eos_token)
+
+
+def test_short_article_is_untouched(tiny_tokenizer):
+    fitted = fit_to_budget(tiny_tokenizer, INSTRUCTION, "A short article.", "Short.", max_length=512)
+    assert not fitted["truncated"] and fitted["document"] == "A short article."
+
+
+def test_summary_that_cannot_fit_is_dropped(tiny_tokenizer):
+    assert fit_to_budget(tiny_tokenizer, INSTRUCTION, "Article.", "word " * 400, max_length=64) is None
+
+
+def test_empty_and_whitespace_rows_are_dropped_and_counted(tmp_path):
+    rows = make_rows(5) + [{"id": "e1", "document": "   ", "summary": "x"}, {"id": "e2", "document": "y",
+                                                                                "summary": ""},
+                           {"id": "e3", "document": None, "summary": "z"}]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    from datasets import load_dataset
+
+    ds, counts = standardize(load_dataset("json", data_files=str(path), split="train"), args_for(path), "train")
+    assert counts == {"rows": 8, "dropped_empty": 3}
+    assert len(ds) == 5 and set(ds.column_names) == {"id", "document", "summary"}
+
+
+def test_missing_summary_column_names_it_and_the_flag(data_dir):
+    with pytest.raises(ConfigError, match=r"'highlights' \(set --summary_column\)"):
+        from sumtune.data import load_raw_split
+
+        args = args_for(data_dir, summary_column="highlights")
+        standardize(load_raw_split(args, "train"), args, "train")
+
+
+def test_subsample_is_deterministic_by_seed(data_dir):
+    from sumtune.data import load_raw_split
+
+    args = args_for(data_dir)
+    ds, _ = standardize(load_raw_split(args, "train"), args, "train")
+    assert subsample(ds, 5, seed=1)["id"] == subsample(ds, 5, seed=1)["id"]
+    assert subsample(ds, 5, seed=1)["id"] != subsample(ds, 5, seed=2)["id"]
+    assert len(subsample(ds, 100, seed=1)) == len(ds)
+
+
+def test_prepare_save_load_roundtrip(data_dir, tiny_tokenizer, tmp_path):
+    dataset, stats = prepare_datasets(args_for(data_dir, max_train_samples=10), tiny_tokenizer, 256, seed=0)
+    assert {name: len(ds) for name, ds in dataset.items()} == {"train": 10, "validation": 4, "test": 4}
+    assert stats["train"]["rows"] == 16 and stats["train"]["kept"] == 10
+    target = tmp_path / "prepared"
+    save_prepared(dataset, stats, target)
+    assert is_prepared(target) and not (tmp_path / "prepared.tmp").exists()
+    assert json.loads((target / "stats.json").read_text())["max_length"] == 256
+    assert load_prepared(target)["train"]["id"] == dataset["train"]["id"]
+
+
+def test_single_file_is_split_by_seed(tmp_path, tiny_tokenizer):
+    path = write_jsonl(tmp_path / "all.jsonl", make_rows(40))
+    dataset, _ = prepare_datasets(args_for(path), tiny_tokenizer, 256, seed=0)
+    ids = [set(dataset[s]["id"]) for s in ("train", "validation", "test")]
+    assert sum(len(i) for i in ids) == 40 and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_csv_and_parquet_files_load(tmp_path, suffix):
+    import pandas as pd
+
+    from sumtune.data import load_raw_split
+
+    frame = pd.DataFrame(make_rows(3))
+    path = tmp_path / f"test.{suffix}"
+    frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
+    assert load_raw_split(args_for(path), "test")["summary"] == frame["summary"].tolist()
+
+
+def test_incomplete_prepared_folder_is_refused(tmp_path):
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "dataset_dict.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a complete prepared dataset"):
+        load_prepared(tmp_path / "prepared")

@@ -1,0 +1,67 @@
+"""evaluate.py's three modes: a model, an existing predictions file, and the lead-1 baseline."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ARTICLES, ROOT, make_rows, write_jsonl
+from rouge_score import rouge_scorer
+
+from sumtune.config import parse_args
+from sumtune.evaluation import evaluate, lead_sentence
+from sumtune.metrics import ROUGE_TYPES
+
+
+def run_eval(*argv):
+    return evaluate(*parse_args(["--bootstrap_samples", "50", *argv]))
+
+
+def test_lead_sentence_is_first_nonempty_line():
+    assert lead_sentence("\n  First line.  \nSecond line.") == "First line."
+    assert lead_sentence("") == ""
+
+
+def test_predictions_file_matches_rouge_score(tmp_path):
+    rows = [{"id": str(i), "prediction": ARTICLES[i % 4][1], "reference": ARTICLES[(i + i // 4) % 4][1]}
+            for i in range(12)]
+    path = write_jsonl(tmp_path / "preds.jsonl", rows)
+    metrics = run_eval("--predictions_file", str(path), "--output_dir", str(tmp_path / "out"))
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    for key in ROUGE_TYPES:
+        expected = np.mean([scorer.score(r["reference"], r["prediction"])[key].fmeasure * 100 for r in rows])
+        assert metrics[key] == pytest.approx(expected, abs=1e-6)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["rouge1"] == pytest.approx(metrics["rouge1"]) and saved["num_rows"] == 12
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [r["id"] for r in rows]
+
+
+def test_lead_baseline_on_raw_file(tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", make_rows(4))
+    metrics = run_eval("--baseline", "lead", "--dataset_name", str(path), "--output_dir", str(tmp_path / "lead"))
+    predictions = [json.loads(line) for line in (tmp_path / "lead" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["prediction"] for p in predictions] == [a.splitlines()[0] for a, _ in ARTICLES]
+    assert 0 < metrics["rouge1"] < 100 and metrics["mode"] == "lead"
+
+
+def test_model_mode_generates_every_row(tiny_model_dir, data_dir, tmp_path, in_repo):
+    metrics = run_eval("--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir),
+                       "--load_in_4bit", "false", "--dataset_name", str(data_dir), "--max_new_tokens", "8",
+                       "--generation_batch_size", "3", "--output_dir", str(tmp_path / "model"))
+    rows = [json.loads(line) for line in (tmp_path / "model" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"test-{i}" for i in range(4)]
+    assert all(isinstance(r["prediction"], str) for r in rows) and metrics["num_rows"] == 4
+    assert metrics["mode"] == "model" and metrics["max_new_tokens"] == 8
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared/data/xsum_test_sample_500.jsonl").is_file(), reason="no shared data")
+def test_lead_baseline_on_real_xsum_rows(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", "--baseline", "lead", "--dataset_name",
+         str(ROOT.parent / "shared/data/xsum_test_sample_500.jsonl"), "--output_dir", str(tmp_path / "lead")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "lead" / "metrics.json").read_text())
+    assert metrics["num_rows"] == 500 and 5 < metrics["rouge1"] < 40

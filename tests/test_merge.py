@@ -1,0 +1,57 @@
+"""Merging: the merged model computes what base + adapter computes, and existing output is protected."""
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+from trl import ModelConfig
+
+from sumtune.config import ConfigError
+from sumtune.merge import merge_adapter
+
+
+@pytest.fixture
+def adapter_dir(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """A LoRA adapter with non-zero B weights (a freshly initialised adapter would be a no-op)."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(base, config)
+    path = tmp_path / "adapter"
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_merged_logits_match_base_plus_adapter(tiny_model_dir, adapter_dir, tiny_tokenizer, tmp_path):
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32")
+    merged_dir = merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
+    assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "manifest.json").is_file()
+    assert (merged_dir / "generation_config.json").is_file() and (merged_dir / "tokenizer.json").is_file()
+    ids = tiny_tokenizer("The council approved a new cycle path.", return_tensors="pt")["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        base_logits = base(ids).logits.clone()
+        reference = PeftModel.from_pretrained(base, adapter_dir)(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)(ids).logits
+    assert not torch.allclose(reference, base_logits, atol=1e-3), "the adapter must change the output"
+    torch.testing.assert_close(merged, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_merge_refuses_to_overwrite(tiny_model_dir, adapter_dir, tmp_path):
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32")
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="already exists"):
+        merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
+    assert (tmp_path / "merged" / "keep.txt").is_file()
+    merge_adapter(model_args, str(adapter_dir), tmp_path / "merged", overwrite=True)
+    assert not (tmp_path / "merged" / "keep.txt").exists()
+
+
+def test_merge_without_adapter_files_is_an_error(tiny_model_dir, tmp_path):
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="adapter"):
+        merge_adapter(model_args, str(tmp_path / "empty"), tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
