@@ -1,0 +1,220 @@
+"""Summaries per second: stock `model.generate()` against sumtune.generation on a Phi-2-shaped random-weight model.
+
+Prompts are XSum articles rendered with the project's chat template and cut to fit `--max-length` tokens
+(sumtune.data.fit_to_budget). Random weights never pick EOS, so every variant, stock and project, is forced to
+exactly `--new-tokens` tokens (min_new_tokens = max_new_tokens): the comparison is like for like.
+match_rate = share of rows whose greedy token ids equal stock batch-1 `generate()` on the same rows.
+
+    python bench/generate_throughput.py --assets .device_assets/phi-2 \
+        --data .device_assets/xsum_test_sample_500.jsonl --output $OUT/generate_throughput.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import PhiConfig, PhiForCausalLM
+
+from sumtune.data import fit_to_budget
+from sumtune.generation import iter_token_ids
+from sumtune.modeling import load_tokenizer
+from sumtune.prompts import read_text, render_prompt
+
+TEST_ROWS = 11_334  # XSum test split
+GIB = 2**30
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", default=".device_assets/phi-2", help="Folder with Phi-2's config.json and tokenizer.")
+    p.add_argument("--data", default=".device_assets/xsum_test_sample_500.jsonl")
+    p.add_argument("--output", required=True, help="JSONL file: one object per variant is appended.")
+    p.add_argument("--rows", type=int, default=500)
+    p.add_argument("--batch1-rows", type=int, default=32, help="Rows for stock batch-1 (the match reference).")
+    p.add_argument("--nf4-batch1-rows", type=int, default=16, help="Rows for stock batch-1 on NF4+LoRA; 0 skips.")
+    p.add_argument("--new-tokens", type=int, default=26, help="XSum's mean summary length in Phi-2 tokens.")
+    p.add_argument("--max-length", type=int, default=1024, help="Prompt + reference summary + EOS budget.")
+    p.add_argument("--budgets", default="65536,131072", help="max_batch_tokens values for the project path.")
+    p.add_argument("--batch-size", type=int, default=1024, help="Row cap per batch for the project path.")
+    p.add_argument("--static", action="store_true", help="Also time the project path with a static KV cache.")
+    p.add_argument("--compile-rows", type=int, default=0, help="Also time static cache + torch.compile on N rows.")
+    p.add_argument("--skip", default="", help="Comma-separated variants to skip (stock_b1, stock_b64, nf4, ...).")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
+    return p.parse_args()
+
+
+def build_prompts(args, tokenizer) -> list[list[dict]]:
+    instruction = read_text("prompts/instruction.txt", "Instruction file")
+    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    fitted = [fit_to_budget(tokenizer, instruction, r["document"], r["summary"], args.max_length) for r in rows]
+    return [f["prompt"] for f in fitted if f is not None][: args.rows]
+
+
+def build_model(args, device: str):
+    config = PhiConfig.from_pretrained(args.assets)
+    if args.tiny:
+        config.update(dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=4))
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return PhiForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
+
+
+def build_nf4_lora(model, device: str, folder: Path):
+    """The same random weights in NF4 (double quant, bf16 compute) under a random, non-zero LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    model.save_pretrained(folder)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    base = PhiForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
+                                          attn_implementation="sdpa", device_map={"": device})
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+                      init_lora_weights=False, task_type="CAUSAL_LM")
+    torch.manual_seed(1)
+    return get_peft_model(base, lora).eval()
+
+
+@torch.inference_mode()
+def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int) -> dict[int, list[int]]:
+    """What a user writes without the project: left-padded batches in dataset order."""
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    out = {}
+    for start in range(0, len(prompts), batch_size):
+        texts = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+        generated = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)
+        for offset, ids in enumerate(generated[:, inputs["input_ids"].shape[1]:].tolist()):
+            out[start + offset] = ids
+    return out
+
+
+def timed(device: str, fn):
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    memory = {}
+    if device == "cuda":
+        memory = {"peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2),
+                  "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2)}
+    return result, seconds, memory
+
+
+def main():
+    args = parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    skip = set(filter(None, args.skip.split(",")))
+    tokenizer = load_tokenizer(args.assets, "prompts/chat_template.jinja", padding_side="left")
+    prompts = build_prompts(args, tokenizer)
+    prompt_tokens = [len(tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"])
+                     for p in prompts]
+    model = build_model(args, device)
+    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("transformers", "peft", "bitsandbytes", "trl"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    common = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "gpus": 1,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions,
+        "model": "PhiForCausalLM, Phi-2 config, random weights" + (" (tiny)" if args.tiny else ""),
+        "attn_implementation": model.config._attn_implementation, "new_tokens": args.new_tokens,
+        "forced_length": "min_new_tokens = max_new_tokens (random weights never emit EOS)",
+        "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+        "prompt_tokens_max": max(prompt_tokens),
+        "command": "python " + shlex.join(sys.argv),
+    }
+    print(json.dumps(common, indent=1), flush=True)
+    reference: dict[str, dict[int, list[int]]] = {}
+
+    def record(variant: str, stock: bool, outputs: dict[int, list[int]], seconds: float, memory: dict,
+               ref: str, **extra):
+        rows = len(outputs)
+        assert sorted(outputs) == list(range(rows)), "every row exactly once"
+        assert all(len(ids) == args.new_tokens for ids in outputs.values())
+        matched = [outputs[i] == ids for i, ids in reference.get(ref, {}).items() if i in outputs]
+        entry = {"variant": variant, "stock": stock, **common, "rows": rows, "seconds": round(seconds, 2),
+                 "summaries_per_s": round(rows / seconds, 2),
+                 "projected_min_11334": round(TEST_ROWS / (rows / seconds) / 60, 2),
+                 "match_rate": round(sum(matched) / len(matched), 4) if matched else None,
+                 "match_rows": len(matched), "match_reference": ref, **memory, **extra}
+        with open(args.output, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        print(f"{variant:<34} {entry['summaries_per_s']:>8.2f}/s {entry['projected_min_11334']:>8.1f} min "
+              f"match={entry['match_rate']} ({len(matched)}) peak={memory.get('peak_gib')} GiB", flush=True)
+
+    def project(model, budget, rows=prompts, batch_size=args.batch_size, **kwargs):
+        return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
+                                   min_new_tokens=args.new_tokens, **kwargs))
+
+    stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
+    if "stock_b1" not in skip:
+        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
+                                                           args.new_tokens))
+        reference["bf16_b1"] = out
+        record("stock_bf16_b1", True, out, s, mem, "bf16_b1", batching="batch 1, dataset order")
+    if "stock_b64" not in skip:
+        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts, 64, args.new_tokens))
+        record("stock_bf16_b64", True, out, s, mem, "bf16_b1", batching="batch 64, dataset order, left-padded")
+    if "sorted_b64" not in skip:
+        out, s, mem = timed(device, lambda: project(model, None, batch_size=64))
+        record("project_bf16_sorted_b64", False, out, s, mem, "bf16_b1", batching="batch 64, sorted by length")
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    for budget in budgets:
+        out, s, mem = timed(device, lambda b=budget: project(model, b))
+        record(f"project_bf16_tokens{budget}", False, out, s, mem, "bf16_b1",
+               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+    if args.static:
+        out, s, mem = timed(device, lambda: project(model, budgets[0], cache_implementation="static",
+                                                    disable_compile=True))
+        record(f"project_bf16_tokens{budgets[0]}_static", False, out, s, mem, "bf16_b1",
+               batching=f"sorted, max_batch_tokens={budgets[0]}, static KV cache, no compile")
+    if args.compile_rows:
+        # One batch of similar-length rows, run twice: the first call compiles, the second shows the steady state.
+        order = sorted(range(len(prompts)), key=lambda i: prompt_tokens[i])
+        subset = [prompts[i] for i in order[len(order) // 2:][: args.compile_rows]]
+        n = len(subset)
+        for label, kwargs in (("dynamic", {}), ("static_compile_first", {"cache_implementation": "static"}),
+                              ("static_compile_second", {"cache_implementation": "static"})):
+            out, s, mem = timed(device, lambda kw=kwargs: project(model, None, subset, n, **kw))
+            record(f"project_bf16_{n}rows_{label}", False, out, s, mem, "none",
+                   batching=f"one batch of {n} median-length rows")
+    del model
+    if "nf4" not in skip:
+        import tempfile
+
+        model = build_model(args, device)
+        with tempfile.TemporaryDirectory() as folder:
+            model = build_nf4_lora(model, device, Path(folder))
+        model.eval()
+        stock_generate(model, tokenizer, prompts[:4], 4, 2)
+        if args.nf4_batch1_rows:
+            out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.nf4_batch1_rows], 1,
+                                                               args.new_tokens))
+            reference["nf4_b1"] = out
+            record("stock_nf4_lora_b1", True, out, s, mem, "nf4_b1", batching="batch 1, dataset order")
+        for budget in budgets:
+            out, s, mem = timed(device, lambda b=budget: project(model, b))
+            record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1",
+                   batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+
+
+if __name__ == "__main__":
+    main()
