@@ -23,8 +23,8 @@ def test_means_match_rouge_score():
     predictions = ["a storm hit the town", "the team won the cup final", "prices rose again"]
     references = ["a storm damaged homes in the town", "the team lost the final", "inflation fell"]
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    expected = {k: np.mean([scorer.score(r, p)[k].fmeasure * 100 for p, r in zip(predictions, references)])
-                for k in ROUGE_TYPES}
+    pairs = list(zip(predictions, references, strict=True))
+    expected = {k: np.mean([scorer.score(r, p)[k].fmeasure * 100 for p, r in pairs]) for k in ROUGE_TYPES}
     metrics = compute_rouge(predictions, references, bootstrap_samples=200)
     for key in ROUGE_TYPES:
         assert metrics[key] == pytest.approx(expected[key], abs=1e-9)

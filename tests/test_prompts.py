@@ -3,13 +3,12 @@
 from pathlib import Path
 
 import pytest
+from conftest import ARTICLES, ROOT, SHARED_PHI2
 from trl import SFTConfig, SFTTrainer
 
 from sumtune.config import ConfigError
 from sumtune.modeling import load_tokenizer
 from sumtune.prompts import build_messages, load_chat_template, render_full, render_prompt
-
-from conftest import ARTICLES, ROOT, SHARED_PHI2
 
 TEMPLATE = str(ROOT / "prompts/chat_template.jinja")
 INSTRUCTION = (ROOT / "prompts/instruction.txt").read_text()
@@ -52,7 +51,7 @@ def test_sft_labels_decode_to_summary_plus_eos(tiny_tokenizer, tmp_path):
         args = SFTConfig(output_dir=str(tmp_path / name), max_length=512, bf16=False, report_to="none")
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
-        for labels, (_, summary) in zip(batch["labels"], ARTICLES):
+        for labels, (_, summary) in zip(batch["labels"], ARTICLES, strict=True):
             kept = labels[labels != -100].tolist()
             assert tok.decode(kept) == summary + tok.eos_token, name
         assert isinstance(model.config, PhiConfig)

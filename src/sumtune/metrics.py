@@ -18,7 +18,7 @@ def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     scores = {key: np.empty(len(predictions)) for key in ROUGE_TYPES}
-    for i, (prediction, reference) in enumerate(zip(predictions, references, strict=False)):
+    for i, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         result = scorer.score(reference, prediction)  # rouge_score's order: target first
         for key in ROUGE_TYPES:
             scores[key][i] = result[key].fmeasure * 100
