@@ -1,19 +1,34 @@
-"""Shared entry-point plumbing: logging set-up and one clear error line for bad input."""
+"""Shared entry-point plumbing: safe loading defaults, logging set-up, and one clear error line for bad input."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
-from .config import ConfigError
+# Every torch.load (checkpoint optimizer, scheduler and RNG states included) may only read tensors, never pickled code.
+os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+
+from .config import ConfigError, RunError  # noqa: E402  (torch must see the variable above first)
 
 
 def run(main: Callable[[], object]) -> None:
-    """Run an entry point; a ConfigError becomes one `error:` line on stderr and exit code 2."""
+    """Run an entry point; a ConfigError becomes one `error:` line on stderr and exit code 2, a RunError (training
+    diverged) or running out of memory one `error:` line and exit code 1."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    import torch
+
     try:
         main()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except torch.OutOfMemoryError:
+        print("error: out of GPU memory. Training: lower per_device_train_batch_size and raise "
+              "gradient_accumulation_steps by the same factor, or turn on gradient_checkpointing; evaluation: lower "
+              "generation_batch_size. Re-run the same command: both resume where they stopped.", file=sys.stderr)
+        sys.exit(1)

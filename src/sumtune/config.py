@@ -6,11 +6,19 @@ chain and an unknown key in it is an error in every stage. Each stage's `--outpu
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
+import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+import yaml
+from transformers import HfArgumentParser
 from trl import ModelConfig, SFTConfig, TrlParser
 
 logger = logging.getLogger(__name__)
@@ -18,6 +26,17 @@ logger = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A user-facing configuration or input problem: the message names the problem and the fix."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (a non-finite loss): the message names the step, the last checkpoint and the fix."""
+
+
+T4_RECIPE = "recipes/phi-2/qlora-t4.yaml"
+CPU_RECIPE = "recipes/tiny/demo.yaml"
+# Checkpoints (adapter + optimizer state) and the adapter stay far below this; a disk with less is nearly full.
+MIN_FREE_BYTES = 512 * 2**20
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @dataclass
@@ -64,8 +83,11 @@ class EvalArguments:
     max_new_tokens: int = 64
     num_beams: int = field(default=1, metadata={"help": "1 = greedy decoding; >1 = beam search."})
     generation_batch_size: int = field(default=16, metadata={"help": "Rows generated per batch."})
-    bootstrap_samples: int = field(default=1000, metadata={"help": "Resamples for the 95% confidence intervals."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "merge.py: replace an existing output."})
+    bootstrap_samples: int = field(default=1000, metadata={"help": "Resamples for the 95%% confidence intervals."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "merge.py, evaluate.py: replace an existing output made with other settings."}
+    )
+
 
 
 def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -77,43 +99,237 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
             problems.append(f"`{name}` must be a positive number of rows, got {value}.")
     if eval_args.predictions_file and eval_args.baseline:
         problems.append("Give either `--predictions_file` or `--baseline`, not both.")
+    if eval_args.adapter_path and (eval_args.predictions_file or eval_args.baseline):
+        problems.append("`--adapter_path` applies to a model, not to `--predictions_file` or `--baseline`: drop one.")
     if eval_args.max_new_tokens <= 0:
         problems.append(f"`max_new_tokens` must be positive, got {eval_args.max_new_tokens}.")
     if eval_args.num_beams < 1:
         problems.append(f"`num_beams` must be at least 1, got {eval_args.num_beams}.")
+    if eval_args.generation_batch_size < 1:
+        problems.append(f"`generation_batch_size` must be at least 1, got {eval_args.generation_batch_size}.")
     if training_args.fp16 and training_args.bf16:
         problems.append("Both `fp16` and `bf16` are set: choose one (fp16 on a T4, bf16 on Ampere or newer).")
+    if training_args.fp16 and model_args.dtype == "bfloat16":
+        problems.append("`fp16: true` with `dtype: bfloat16` mixes two half precisions: on a T4 set `dtype: float16` "
+                        f"(see {T4_RECIPE}), on Ampere or newer use `bf16: true`.")
+    if training_args.bf16 and model_args.dtype == "float16":
+        problems.append("`bf16: true` with `dtype: float16` mixes two half precisions: set `dtype: bfloat16`.")
     if model_args.load_in_4bit and model_args.load_in_8bit:
         problems.append("Both `load_in_4bit` and `load_in_8bit` are set: choose one.")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        problems.append("A quantized base cannot be trained without adapters: set `use_peft: true` (QLoRA) or "
+                        "`load_in_4bit: false`.")
     if training_args.max_length is None or training_args.max_length <= 0:
         problems.append("`max_length` must be a positive token count (prompt + summary + EOS).")
+    if training_args.hub_token:
+        problems.append("Never put a hub token in a recipe or on the command line (it would be saved with the run): "
+                        "remove `hub_token` and export HF_TOKEN instead.")
+    if (training_args.model_init_kwargs or {}).get("trust_remote_code"):
+        problems.append("`trust_remote_code` is off in this project: Phi-2 runs on transformers' own code; remove "
+                        "it from `model_init_kwargs`.")
     if problems:
         raise ConfigError(" ".join(problems))
+
+
+def _coerce(action: argparse.Action, key: str, value):
+    """Convert one recipe value the way argparse converts a command-line string, or raise ConfigError.
+
+    TrlParser applies recipe values as argparse defaults, which argparse never converts: `learning_rate: abc` would
+    reach the trainer as a string (and PyYAML reads `3e-4`, without a dot, as a string too).
+    """
+    if value is None:
+        return None
+    if action.nargs in ("+", "*"):
+        return [_coerce_one(action, key, item) for item in (value if isinstance(value, list) else [value])]
+    return _coerce_one(action, key, value)
+
+
+def _coerce_one(action: argparse.Action, key: str, value):
+    kind = action.type
+    if isinstance(value, dict):
+        if kind in (str, dict):  # dict-or-JSON-string fields such as gradient_checkpointing_kwargs
+            return value
+        raise ConfigError(f"Recipe key `{key}` must be a single value, not a mapping ({value!r}).")
+    if isinstance(value, list):
+        raise ConfigError(f"Recipe key `{key}` takes one value, not a list ({value!r}).")
+    if kind is None or kind is str:
+        converted = value
+    elif kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"Recipe key `{key}` must be a number, got {value!r}.")
+        try:
+            converted = float(value)
+        except ValueError:
+            raise ConfigError(f"Recipe key `{key}` must be a number, got {value!r}: fix its value.") from None
+    elif kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"Recipe key `{key}` must be a whole number, got {value!r}.")
+        try:
+            converted = int(value) if not isinstance(value, str) else int(value.strip())
+        except ValueError:
+            raise ConfigError(f"Recipe key `{key}` must be a whole number, got {value!r}: fix its value.") from None
+    else:  # string_to_bool, choice types and the rest parse strings, as on the command line
+        if isinstance(value, bool) and getattr(kind, "__name__", "") == "string_to_bool":
+            return value
+        try:
+            converted = kind(str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError, KeyError):
+            expected = "true or false" if getattr(kind, "__name__", "") == "string_to_bool" else "a valid value"
+            raise ConfigError(f"Recipe key `{key}` must be {expected}, got {value!r}: fix its value.") from None
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(str(getattr(c, "value", c)) for c in action.choices)
+        raise ConfigError(f"Recipe key `{key}` is {value!r}; valid values: {choices}.")
+    return converted
+
+
+def _read_recipe(parser: HfArgumentParser, path: str) -> dict:
+    """The recipe as typed defaults: YAML errors, unknown keys and mistyped values become one ConfigError."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"Recipe {path} is not valid YAML{line}: fix its syntax.") from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"Recipe {path} must be a YAML mapping of `key: value` lines.")
+    for key, value in (config.pop("env", None) or {}).items():
+        os.environ[str(key)] = str(value)
+    actions = {action.dest: action for action in parser._actions}
+    unknown = [key for key in config if key not in actions or key in ("help", "config")]
+    if unknown:
+        raise ConfigError(f"Unknown key(s) in the recipe: {unknown}. Fix the spelling or remove them; "
+                          "`python train.py --help` lists every valid key.")
+    problems, typed = [], {}
+    for key, value in config.items():
+        try:
+            typed[key] = _coerce(actions[key], key, value)
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError(" ".join(problems) + f" (in {path})")
+    return typed
+
+
+def _argparse_error(message: str):
+    raise ConfigError(f"{message}. Fix the command-line flag; `python train.py --help` lists every option.")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, EvalArguments, SFTConfig, ModelConfig]:
     """Parse `--config recipe.yaml` plus CLI overrides into the four dataclasses; unknown keys are fatal."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = TrlParser((DataArguments, EvalArguments, SFTConfig, ModelConfig))
+    parser.error = _argparse_error  # one `error:` line instead of argparse's usage dump
+    # TRL defaults to bf16=True, which fails on CPUs and T4s before any recipe is read; precision is the recipe's
+    # choice, so the project default is full precision and every GPU recipe sets fp16 or bf16 explicitly.
+    parser.set_defaults_with_config(bf16=False)
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv) or not Path(argv[index + 1]).is_file():
             path = argv[index + 1] if index + 1 < len(argv) else "(none)"
             raise ConfigError(f"Recipe file not found: {path}. Pass an existing YAML file to --config.")
-    parser = TrlParser((DataArguments, EvalArguments, SFTConfig, ModelConfig))
-    # TRL defaults to bf16=True, which fails on CPUs and T4s before any recipe is read; precision is the recipe's
-    # choice, so the project default is full precision and every GPU recipe sets fp16 or bf16 explicitly.
-    parser.set_defaults_with_config(bf16=False)
+        parser.set_defaults_with_config(**_read_recipe(parser, argv[index + 1]))
+        del argv[index:index + 2]
     try:
         data_args, eval_args, training_args, model_args = parser.parse_args_and_config(argv)
     except ValueError as err:
         message = str(err)
-        if message.startswith("Unknown arguments from config file"):
-            keys = message.split(": ", 1)[1].split(". Please")[0]
-            raise ConfigError(f"Unknown key(s) in the recipe: {keys}. Fix the spelling or remove them; "
-                              "`python train.py --help` lists every valid key.") from None
         if "doesn't support bf16" in message:
-            raise ConfigError("bf16 is set but this machine has no GPU with bf16 support. On a T4 use "
-                              "recipes/phi-2/qlora-t4.yaml (fp16); on a CPU set `bf16: false`.") from None
+            raise ConfigError(f"bf16 is set but this machine has no GPU with bf16 support. On a T4 use {T4_RECIPE} "
+                              f"(fp16); on a CPU set `bf16: false` (see {CPU_RECIPE}).") from None
+        if message.startswith("Some specified arguments are not used"):
+            flags = message.split(": ", 1)[1]
+            raise ConfigError(f"Unknown command-line argument(s) {flags}: fix the spelling; `python train.py --help` "
+                              "lists every option.") from None
         raise ConfigError(message) from None
     _check(data_args, eval_args, training_args, model_args)
     return data_args, eval_args, training_args, model_args
+
+
+# ---- Preflight: checks that run before any model is loaded ----
+
+def check_precision(training_args: SFTConfig, model_args: ModelConfig, training: bool) -> None:
+    """The precision the recipe asks for must run on this machine (bf16 on a T4 is the classic mistake)."""
+    cuda = torch.cuda.is_available()
+    if cuda and not torch.cuda.is_bf16_supported() and ((training and training_args.bf16)
+                                                        or model_args.dtype == "bfloat16"):
+        raise ConfigError(f"bf16 is requested (`bf16: true` or `dtype: bfloat16`) but {torch.cuda.get_device_name(0)} "
+                          f"has no bf16 support: use {T4_RECIPE} (fp16, `dtype: float16`).")
+    if training and not cuda and (training_args.fp16 or training_args.bf16):
+        flag = "fp16" if training_args.fp16 else "bf16"
+        raise ConfigError(f"`{flag}: true` (mixed precision) needs a CUDA GPU and none is visible: on a CPU set "
+                          f"`{flag}: false` and `dtype: float32` (see {CPU_RECIPE}).")
+
+
+def check_free_disk(path: str | Path, needed: int = MIN_FREE_BYTES, what: str = "checkpoints") -> None:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise ConfigError(f"Only {free / 2**30:.2f} GiB free under {path}; {what} need at least "
+                          f"{needed / 2**30:.2f} GiB: free some space or pass another --output_dir.")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def check_model_source(name: str, flag: str = "--model_name_or_path", weights: bool = True) -> None:
+    """A complete local model folder (config + safetensors) or a well-formed hub id (cached, when offline)."""
+    path = Path(name)
+    if path.exists():
+        if path.name.endswith(".tmp"):
+            raise ConfigError(f"{name} is an unfinished output (a `.tmp` folder): re-run the stage that writes it.")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ConfigError(f"{flag} {name} is not a complete model folder (no config.json): pass the folder "
+                              "written by merge.py or a hub id.")
+        if weights:
+            index = path / "model.safetensors.index.json"
+            shards = (set(json.loads(index.read_text()).get("weight_map", {}).values()) if index.is_file()
+                      else {p.name for p in path.glob("*.safetensors")})
+            missing = [s for s in shards if not (path / s).is_file()]
+            if not shards or missing:
+                raise ConfigError(f"{flag} {name} has no complete safetensors weights (missing: "
+                                  f"{missing or '*.safetensors'}): only safetensors are loaded; re-run merge.py or "
+                                  "convert the checkpoint.")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not HUB_ID.match(name):
+        raise ConfigError(f"{flag} {name} does not exist: pass an existing local model folder or a hub id "
+                          "such as microsoft/phi-2.")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ConfigError(f"{flag} {name} is neither a local folder nor in the Hugging Face cache, and "
+                              "HF_HUB_OFFLINE is set: download it once online or pass a local folder.")
+
+
+def same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+
+def check_adapter(adapter_path: str | None, base: str) -> None:
+    """A complete adapter folder (config + safetensors) trained on the base model given."""
+    if not adapter_path:
+        raise ConfigError("No adapter given: pass --adapter_path OUTPUT_DIR/adapter (written by train.py).")
+    path = Path(adapter_path)
+    if path.name.endswith(".tmp"):
+        raise ConfigError(f"{adapter_path} is an unfinished adapter (a `.tmp` folder): re-run train.py, which "
+                          "resumes from its last checkpoint.")
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"No adapter at {adapter_path!r} (no adapter_config.json): pass --adapter_path "
+                          "OUTPUT_DIR/adapter (written by train.py).")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"The adapter at {adapter_path} has no adapter_model.safetensors: only safetensors "
+                          "are loaded; re-run train.py or re-save the adapter with safe_serialization=True.")
+    try:
+        adapter_base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path / 'adapter_config.json'} is not valid JSON: re-run train.py.") from None
+    if adapter_base and not same_model(adapter_base, base):
+        raise ConfigError(f"The adapter at {adapter_path} was trained on {adapter_base!r}, not {base!r}: pass "
+                          f"--model_name_or_path {adapter_base}.")

@@ -4,26 +4,57 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .config import ConfigError, DataArguments
+from .manifest import TMP_SUFFIX, publish_dir, rows_fingerprint, tmp_dir_for, write_atomic
 from .prompts import build_messages, read_text, render_full
 
 logger = logging.getLogger(__name__)
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 STATS_FILE = "stats.json"
+PREPARED_COLUMNS = ("id", "document", "summary", "prompt", "completion")
 
 
 def is_prepared(path: str | Path) -> bool:
     """A folder written completely by `save_prepared` (the stats file is written last, inside the temp folder)."""
     path = Path(path)
-    return (path / "dataset_dict.json").is_file() and (path / STATS_FILE).is_file()
+    return (not path.name.endswith(TMP_SUFFIX) and (path / "dataset_dict.json").is_file()
+            and (path / STATS_FILE).is_file())
+
+
+def check_json_file(path: Path) -> None:
+    """Fail early, naming the line, on a file that is not UTF-8 JSON lines (datasets' own errors name neither)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line} is not valid UTF-8 (byte {raw[err.start]:#04x}): re-save the file as "
+                          "UTF-8.") from None
+    if not text.strip():
+        raise ConfigError(f"Data file {path} is empty: it needs one JSON object per line.")
+    if path.suffix == ".json" and text.lstrip()[:1] in "[{":
+        try:
+            json.loads(text)
+            return  # one JSON document (a list of rows): datasets reads it as is
+        except json.JSONDecodeError:
+            pass
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number} is not valid JSON ({err.msg}): the file needs one JSON object per "
+                              "line (JSON lines).") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{number} is a JSON {type(row).__name__}, not an object: each line must be "
+                              '{"document": ..., "summary": ...}.')
 
 
 def _local_files(path: Path, split: str) -> list[Path]:
@@ -36,6 +67,9 @@ def load_raw_split(data_args: DataArguments, split: str) -> Dataset:
     """One split from the hub, a local file (the whole file is the split) or a folder of `{split}.{ext}` files."""
     path = Path(data_args.dataset_name)
     if path.exists():
+        if path.name.endswith(TMP_SUFFIX) or (path / "dataset_dict.json").is_file():
+            raise ConfigError(f"{path} is an incomplete prepared dataset (an interrupted prepare_data.py leaves no "
+                              f"{STATS_FILE}): run `make data` again.")
         files = _local_files(path, split)
         if not files:
             raise ConfigError(f"No file for split '{split}' in {path}: expected {split}.jsonl, .json, .csv or "
@@ -43,8 +77,16 @@ def load_raw_split(data_args: DataArguments, split: str) -> Dataset:
         suffix = files[0].suffix
         if suffix not in LOCAL_FORMATS:
             raise ConfigError(f"Unsupported data file {files[0]}: use .jsonl, .json, .csv or .parquet.")
-        if files[0].stat().st_size == 0:
-            raise ConfigError(f"Data file {files[0]} is empty.")
+        for file in files:
+            if file.stat().st_size == 0:
+                raise ConfigError(f"Data file {file} is empty: it needs a header or JSON line per row.")
+            if LOCAL_FORMATS[file.suffix] == "json":
+                check_json_file(file)
+            elif file.suffix == ".csv":
+                try:
+                    file.read_bytes().decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ConfigError(f"{file} is not valid UTF-8: re-save the file as UTF-8.") from None
         try:
             return load_dataset(LOCAL_FORMATS[suffix], data_files=[str(f) for f in files], split="train")
         except Exception as err:  # datasets wraps parser errors in several exception types
@@ -66,8 +108,19 @@ def standardize(ds: Dataset, data_args: DataArguments, split: str) -> tuple[Data
         flag = {data_args.text_column: "--text_column", data_args.summary_column: "--summary_column"}
         hints = ", ".join(f"{c!r} (set {flag[c]})" for c in missing)
         raise ConfigError(f"Split '{split}' has no column {hints}; its columns are {ds.column_names}.")
+    if len(ds) == 0:
+        raise ConfigError(f"Split '{split}' of {data_args.dataset_name} has no rows.")
     ids = (ds[data_args.id_column] if data_args.id_column in ds.column_names
            else [f"{split}-{i}" for i in range(len(ds))])
+    seen, duplicates = set(), []
+    for row_id in map(str, ids):
+        if row_id in seen:
+            duplicates.append(row_id)
+        seen.add(row_id)
+    if duplicates:
+        raise ConfigError(f"Split '{split}' has {len(duplicates)} duplicate id(s) in column '{data_args.id_column}' "
+                          f"(first: {duplicates[0]!r}): ids must be unique so each prediction matches one row; "
+                          "remove the duplicates.")
     ds = Dataset.from_dict({
         "id": [str(i) for i in ids],
         "document": ds[data_args.text_column],
@@ -75,6 +128,12 @@ def standardize(ds: Dataset, data_args: DataArguments, split: str) -> tuple[Data
     })
     rows = len(ds)
     ds = ds.filter(lambda r: bool((r["document"] or "").strip()) and bool((r["summary"] or "").strip()))
+    if len(ds) == 0:
+        raise ConfigError(f"Split '{split}' has no row with both a non-empty article ('{data_args.text_column}') and "
+                          f"summary ('{data_args.summary_column}'): check the file and the column flags.")
+    if rows - len(ds):
+        logger.warning("Split '%s': dropped %d of %d rows with an empty article or summary.", split,
+                       rows - len(ds), rows)
     return ds, {"rows": rows, "dropped_empty": rows - len(ds)}
 
 
@@ -164,6 +223,16 @@ def prepare_datasets(data_args: DataArguments, tokenizer, max_length: int, seed:
         if len(prepared) == 0:
             raise ConfigError(f"No summary in split '{plan[name][0]}' fits max_length={max_length} with its "
                               "prompt: raise --max_length.")
+        if name == "test" and split_stats["dropped_summary_too_long"]:
+            # A test set that silently loses its long references scores a different benchmark.
+            raise ConfigError(f"{split_stats['dropped_summary_too_long']} reference summaries of split "
+                              f"'{plan[name][0]}' do not fit max_length={max_length} with their prompt: raise "
+                              "--max_length so every test row is scored.")
+        if split_stats["dropped_summary_too_long"]:
+            logger.warning("%s: dropped %d rows whose summary does not fit max_length=%d.", name,
+                           split_stats["dropped_summary_too_long"], max_length)
+        split_stats["fingerprint"] = rows_fingerprint(
+            {"id": r["id"], "prompt": r["prompt"], "completion": r["completion"]} for r in prepared)
         splits[name] = prepared
         stats[name] = counts | split_stats
         logger.info("%s: %s", name, json.dumps(stats[name]))
@@ -172,17 +241,23 @@ def prepare_datasets(data_args: DataArguments, tokenizer, max_length: int, seed:
 
 def save_prepared(dataset: DatasetDict, stats: dict, path: str | Path) -> None:
     """Write to a temporary folder and rename it into place, so a crash never leaves a complete-looking folder."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = tmp_dir_for(path)
     dataset.save_to_disk(str(tmp))
-    (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    write_atomic(tmp / STATS_FILE, json.dumps(stats, indent=2) + "\n")
+    publish_dir(tmp, path)
 
 
 def load_prepared(path: str | Path) -> DatasetDict:
     if not is_prepared(path):
         raise ConfigError(f"{path} is not a complete prepared dataset (no {STATS_FILE}). Run `make data` again.")
-    return load_from_disk(str(path))
+    dataset = load_from_disk(str(path))
+    for name, split in dataset.items():
+        missing = [c for c in PREPARED_COLUMNS if c not in split.column_names]
+        if missing or len(split) == 0:
+            raise ConfigError(f"Split '{name}' of the prepared data in {path} is "
+                              f"{'missing columns ' + str(missing) if missing else 'empty'}: run `make data` again.")
+    return dataset
+
+
+def prepared_stats(path: str | Path) -> dict:
+    return json.loads((Path(path) / STATS_FILE).read_text())

@@ -1,7 +1,13 @@
-"""Predictions and ROUGE for a model, an existing predictions file, or the lead-1 baseline."""
+"""Predictions and ROUGE for a model, an existing predictions file, or the lead-1 baseline.
+
+Model predictions are appended to `predictions.partial.jsonl` and flushed as they are made; a killed evaluation,
+run again with the same settings, generates only the rows that are missing. The final files are written in
+dataset order through temporary files, metrics.json last: its presence marks a complete evaluation.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,17 +16,26 @@ from pathlib import Path
 import torch
 from trl import ModelConfig, SFTConfig
 
-from .config import ConfigError, DataArguments, EvalArguments
+from .config import ConfigError, DataArguments, EvalArguments, check_adapter, check_model_source, check_precision
 from .data import fit_to_budget, is_prepared, load_prepared, load_raw_split, standardize, subsample
-from .generation import generate_summaries
-from .manifest import write_manifest
+from .generation import iter_summaries
+from .manifest import (
+    TMP_SUFFIX,
+    file_hash,
+    read_manifest,
+    redact,
+    rows_fingerprint,
+    write_atomic,
+    write_manifest,
+)
 from .metrics import ROUGE_TYPES, compute_rouge
 from .modeling import load_model, load_tokenizer
-from .prompts import read_text
+from .prompts import read_text, template_hash
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.jsonl"
+PARTIAL_FILE = "predictions.partial.jsonl"
 METRICS_FILE = "metrics.json"
 
 
@@ -29,23 +44,35 @@ def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Predictions file not found: {path}.")
+    if path.name.endswith(TMP_SUFFIX) or path.name == PARTIAL_FILE:
+        raise ConfigError(f"{path} is an unfinished predictions file: re-run evaluate.py with the same settings to "
+                          f"complete it, then score {PREDICTIONS_FILE}.")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{number} is not valid JSON ({err.msg}).") from None
-            missing = [k for k in ("prediction", "reference") if not isinstance(row.get(k), str)]
-            if missing:
-                raise ConfigError(f"{path}:{number} has no string field {', '.join(missing)}: every line needs "
-                                  "`prediction` and `reference`.")
-            rows.append({"id": str(row.get("id", number)), "prediction": row["prediction"],
-                         "reference": row["reference"]})
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not valid UTF-8: re-save it as UTF-8 JSON lines.") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number} is not valid JSON ({err.msg}).") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{number} is not a JSON object with `prediction` and `reference`.")
+        missing = [k for k in ("prediction", "reference") if not isinstance(row.get(k), str)]
+        if missing:
+            raise ConfigError(f"{path}:{number} has no string field {', '.join(missing)}: every line needs "
+                              "`prediction` and `reference`.")
+        rows.append({"id": str(row.get("id", number)), "prediction": row["prediction"],
+                     "reference": row["reference"]})
     if not rows:
         raise ConfigError(f"{path} holds no predictions.")
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"{path} lists id {duplicate!r} more than once: each row must be scored once.")
     return rows
 
 
@@ -56,11 +83,7 @@ def load_eval_rows(data_args: DataArguments, eval_args: EvalArguments, seed: int
         if eval_args.eval_split not in dataset:
             raise ConfigError(f"Prepared data has splits {list(dataset)}, not '{eval_args.eval_split}'.")
         return dataset[eval_args.eval_split], True
-    ds, counts = standardize(load_raw_split(data_args, eval_args.eval_split), data_args, eval_args.eval_split)
-    if counts["dropped_empty"]:
-        logger.warning("Dropped %d rows with an empty article or summary.", counts["dropped_empty"])
-    if len(ds) == 0:
-        raise ConfigError(f"Split '{eval_args.eval_split}' has no row with both an article and a summary.")
+    ds, _ = standardize(load_raw_split(data_args, eval_args.eval_split), data_args, eval_args.eval_split)
     return subsample(ds, data_args.max_test_samples, seed), False
 
 
@@ -69,59 +92,173 @@ def lead_sentence(article: str) -> str:
     return next((line.strip() for line in article.splitlines() if line.strip()), "")
 
 
-def generate_for(rows, prepared: bool, data_args: DataArguments, eval_args: EvalArguments,
-                 training_args: SFTConfig, model_args: ModelConfig) -> list[str]:
+def eval_tokenizer(eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
     if eval_args.adapter_path:
-        tokenizer = load_tokenizer(eval_args.adapter_path, training_args.chat_template_path, padding_side="left")
-    else:
-        tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
-                                   padding_side="left", revision=model_args.model_revision)
+        return load_tokenizer(eval_args.adapter_path, training_args.chat_template_path, padding_side="left")
+    return load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path, padding_side="left",
+                          revision=model_args.model_revision)
+
+
+def eval_prompts(rows, prepared: bool, tokenizer, data_args: DataArguments, max_length: int) -> list:
     if prepared:
-        prompts = rows["prompt"]
-    else:
-        instruction = read_text(data_args.instruction_path, "Instruction file")
-        budget = training_args.max_length
-        fitted = [fit_to_budget(tokenizer, instruction, r["document"], r["summary"], budget) for r in rows]
-        prompts = [f["prompt"] for f in fitted if f is not None]
-        if len(prompts) != len(rows):
-            raise ConfigError(f"{len(rows) - len(prompts)} reference summaries do not fit max_length={budget} "
-                              "with their prompt: raise --max_length.")
-    device = "cuda" if torch.cuda.is_available() else None
-    model = load_model(model_args, device=device)
+        return rows["prompt"]
+    instruction = read_text(data_args.instruction_path, "Instruction file")
+    fitted = [fit_to_budget(tokenizer, instruction, r["document"], r["summary"], max_length) for r in rows]
+    if any(f is None for f in fitted):
+        raise ConfigError(f"{sum(f is None for f in fitted)} reference summaries do not fit max_length={max_length} "
+                          "with their prompt: raise --max_length.")
+    return [f["prompt"] for f in fitted]
+
+
+def model_fingerprint(path: str) -> str | None:
+    """Identifies the weights of a local model or adapter folder (names, sizes, mtimes), cheap for large models."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
+    return rows_fingerprint({"name": p.name, "size": p.stat().st_size, "mtime": p.stat().st_mtime_ns} for p in files)
+
+
+def load_partial(path: Path, run_key: dict, ids: list[str], overwrite: bool) -> dict[int, str]:
+    """Predictions already made by a killed run with the same settings, by row index.
+
+    The first line holds the settings; a last line cut short by the kill is dropped (and cut from the file).
+    """
+    if not path.is_file():
+        return {}
+    lines = path.read_bytes().split(b"\n")
+    try:
+        header = json.loads(lines[0])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if header is None or header.get("run_key") != run_key:
+        if not overwrite:
+            raise ConfigError(f"{path} holds predictions made with other settings: re-run with the same ones to "
+                              "resume it, pass --overwrite_output_dir true to discard it, or use a new --output_dir.")
+        path.unlink()
+        return {}
+    done, good = {}, len(lines[0]) + 1
+    for raw in lines[1:]:
+        try:
+            row = json.loads(raw)
+            index = int(row["index"])
+            if ids[index] != row["id"] or not isinstance(row["prediction"], str):
+                raise ValueError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError):
+            break  # the line the kill cut short: everything after it is gone too
+        done[index] = row["prediction"]
+        good += len(raw) + 1
+    if good < path.stat().st_size:
+        os.truncate(path, good)
+    return done
+
+
+def finished_predictions(output_dir: Path, run_key: dict, ids: list[str]) -> list[str] | None:
+    """The predictions of a complete evaluation with the same settings, in row order, else None."""
+    if not (output_dir / METRICS_FILE).is_file() or (read_manifest(output_dir) or {}).get("settings") != run_key:
+        return None
+    try:
+        rows = [json.loads(line) for line in (output_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if [str(r.get("id")) for r in rows] != ids:
+        return None
+    return [r["prediction"] for r in rows]
+
+
+def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: EvalArguments,
+                     training_args: SFTConfig, model_args: ModelConfig, output_dir: Path, run_key: dict) -> list[str]:
+    """Every row's prediction, generating only those not already in the partial file, which grows as they come."""
+    tokenizer = eval_tokenizer(eval_args, training_args, model_args)
+    prompts = eval_prompts(rows, prepared, tokenizer, data_args, training_args.max_length)
+    ids = [str(i) for i in rows["id"]]
+    finished = finished_predictions(output_dir, run_key, ids)
+    if finished is not None:
+        logger.info("%s already holds all %d predictions made with these settings; rescoring them.", output_dir,
+                    len(ids))
+        return finished
+    partial = output_dir / PARTIAL_FILE
+    done = load_partial(partial, run_key, ids, eval_args.overwrite_output_dir)
+    missing = [i for i in range(len(prompts)) if i not in done]
+    if done:
+        logger.info("Resuming: %d of %d predictions already made; generating %d.", len(done), len(prompts),
+                    len(missing))
+    if missing:
+        device = "cuda" if torch.cuda.is_available() else None
+        model = load_model(model_args, device=device)
+        if eval_args.adapter_path:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, eval_args.adapter_path)
+        with partial.open("ab") as handle:
+            if handle.tell() == 0:
+                handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
+            for j, text in iter_summaries(model, tokenizer, [prompts[i] for i in missing], eval_args.max_new_tokens,
+                                          eval_args.num_beams, eval_args.generation_batch_size):
+                index = missing[j]
+                line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
+                handle.write((line + "\n").encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())  # a preempted machine keeps what was made
+                done[index] = text
+    return [done[i] for i in range(len(prompts))]
+
+
+def check_inputs(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig,
+                 model_args: ModelConfig) -> str:
+    """Preflight, before any model is loaded; returns the mode."""
+    if eval_args.predictions_file:
+        return "predictions_file"
+    if eval_args.baseline == "lead":
+        return "lead"
+    check_precision(training_args, model_args, training=False)
+    check_model_source(model_args.model_name_or_path)
     if eval_args.adapter_path:
-        from peft import PeftModel
-
-        if not (Path(eval_args.adapter_path) / "adapter_config.json").is_file():
-            raise ConfigError(f"{eval_args.adapter_path} holds no adapter_config.json: pass the adapter folder "
-                              "written by train.py (OUTPUT_DIR/adapter).")
-        model = PeftModel.from_pretrained(model, eval_args.adapter_path)
-    return generate_summaries(model, tokenizer, prompts, eval_args.max_new_tokens, eval_args.num_beams,
-                              eval_args.generation_batch_size)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        check_adapter(eval_args.adapter_path, model_args.model_name_or_path)
+    return "model"
 
 
 def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig,
              model_args: ModelConfig) -> dict:
-    """Write predictions.jsonl and metrics.json to output_dir and return the metrics."""
+    """Write predictions.jsonl, manifest.json and metrics.json to output_dir and return the metrics."""
     output_dir = Path(training_args.output_dir)
-    if eval_args.predictions_file:
-        mode = "predictions_file"
+    mode = check_inputs(data_args, eval_args, training_args, model_args)
+    if output_dir.name.endswith(TMP_SUFFIX):
+        raise ConfigError(f"--output_dir {output_dir} ends in {TMP_SUFFIX}, which marks unfinished outputs: pick "
+                          "another name.")
+    settings = {"mode": mode, "eval_split": eval_args.eval_split, "dataset": data_args.dataset_name}
+    if mode == "predictions_file":
         rows = read_predictions(eval_args.predictions_file)
+        settings |= {"predictions_file": eval_args.predictions_file,
+                     "predictions_hash": file_hash(eval_args.predictions_file)}
+        dataset_fingerprint, prompt_hash = rows_fingerprint(rows), None
     else:
         dataset, prepared = load_eval_rows(data_args, eval_args, training_args.seed)
-        if eval_args.baseline == "lead":
-            mode = "lead"
+        dataset_fingerprint = rows_fingerprint({"id": r["id"], "document": r["document"], "summary": r["summary"]}
+                                               for r in dataset)
+        settings["dataset_fingerprint"] = dataset_fingerprint
+        prompt_hash = None
+        if mode == "lead":
             predictions = [lead_sentence(article) for article in dataset["document"]]
         else:
-            mode = "model"
-            predictions = generate_for(dataset, prepared, data_args, eval_args, training_args, model_args)
-        rows = [{"id": i, "prediction": p, "reference": r}
-                for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=False)]
+            template = read_text(training_args.chat_template_path or "prompts/chat_template.jinja", "Chat template")
+            prompt_hash = template_hash(template, read_text(data_args.instruction_path, "Instruction file"))
+            settings |= {"model": model_args.model_name_or_path, "model_revision": model_args.model_revision,
+                         "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
+                         "adapter": eval_args.adapter_path,
+                         "adapter_fingerprint": eval_args.adapter_path and model_fingerprint(eval_args.adapter_path),
+                         "dtype": model_args.dtype, "load_in_4bit": model_args.load_in_4bit,
+                         "max_length": training_args.max_length, "prompt_hash": prompt_hash,
+                         "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams}
+        check_output_dir(output_dir, settings, eval_args.overwrite_output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if mode == "model":
+            predictions = generate_missing(dataset, prepared, data_args, eval_args, training_args, model_args,
+                                           output_dir, settings)
+        rows = [{"id": str(i), "prediction": p, "reference": r}
+                for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=True)]
+    if mode == "predictions_file":
+        check_output_dir(output_dir, settings, eval_args.overwrite_output_dir)
     metrics = compute_rouge([r["prediction"] for r in rows], [r["reference"] for r in rows],
                             eval_args.bootstrap_samples, training_args.seed)
     metrics["mode"] = mode
@@ -129,11 +266,26 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         metrics |= {"model": model_args.model_name_or_path, "adapter": eval_args.adapter_path,
                     "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams}
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / METRICS_FILE).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
     write_atomic(output_dir / PREDICTIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_manifest(output_dir, mode=mode, dataset=data_args.dataset_name, split=eval_args.eval_split)
+    config = {"data": dataclasses.asdict(data_args), "eval": dataclasses.asdict(eval_args),
+              "model": dataclasses.asdict(model_args), "training": json.loads(training_args.to_json_string())}
+    write_manifest(output_dir, settings=settings, config=redact(config), dataset_fingerprint=dataset_fingerprint,
+                   prompt_hash=prompt_hash, num_rows=len(rows))
     # metrics.json last: its presence marks a complete evaluation.
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    (output_dir / PARTIAL_FILE).unlink(missing_ok=True)
     return metrics
+
+
+def check_output_dir(output_dir: Path, settings: dict, overwrite: bool) -> None:
+    """An output_dir holding a finished evaluation with other settings is replaced only with --overwrite_output_dir."""
+    if not (output_dir / METRICS_FILE).is_file() or overwrite:
+        return
+    previous = (read_manifest(output_dir) or {}).get("settings")
+    if previous != json.loads(json.dumps(settings, default=str)):
+        raise ConfigError(f"{output_dir} already holds an evaluation with other settings: pass a new --output_dir, "
+                          "or --overwrite_output_dir true to replace it.")
 
 
 def format_table(results: dict[str, dict]) -> str:

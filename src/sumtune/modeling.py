@@ -73,8 +73,9 @@ def upcast_trainable_params(model) -> int:
     """Keep trainable (adapter) weights in fp32.
 
     TRL casts QLoRA adapter weights to bf16 after wrapping the model; under fp16 mixed precision the grad scaler then
-    fails with `_amp_foreach_non_finite_check_and_unscale_cuda not implemented for 'BFloat16'`, and bf16 master
-    weights lose small updates. fp32 adapters cost a few MB for r=16 on Phi-2. Returns the number of tensors cast.
+    fails with `_amp_foreach_non_finite_check_and_unscale_cuda not implemented for 'BFloat16'`, bf16 master
+    weights lose small updates, and PEFT reloads a checkpoint's adapter in fp32, so a resumed run would switch
+    precision halfway. fp32 adapters cost a few MB for r=16 on Phi-2. Returns the number of tensors cast.
     """
     cast = 0
     for param in model.parameters():

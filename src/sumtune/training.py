@@ -1,21 +1,23 @@
-"""QLoRA supervised fine-tuning with TRL's SFTTrainer; saves the adapter with its tokenizer, prompt and config."""
+"""QLoRA supervised fine-tuning with TRL's SFTTrainer: preflight, automatic resume, a non-finite loss guard, and an
+adapter saved atomically with its tokenizer, prompt, config, loss curve and manifest."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import os
+import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from .config import DataArguments
-from .data import is_prepared, load_prepared, prepare_datasets, save_prepared
-from .manifest import write_manifest
+from .config import ConfigError, DataArguments, RunError, check_free_disk, check_model_source, check_precision
+from .data import is_prepared, load_prepared, prepare_datasets, prepared_stats, save_prepared
+from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
 from .modeling import load_model, load_tokenizer, upcast_trainable_params
 from .prompts import read_text
 
@@ -23,6 +25,106 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 DATA_DIR = "data"
+RUN_CONFIG_FILE = "run_config.json"
+LOG_HISTORY_FILE = "log_history.json"
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Settings that change what a resumed run computes: a checkpoint made with other values cannot be continued.
+RESUME_KEYS = {
+    "data": ("dataset_name", "dataset_config", "dataset_revision", "text_column", "summary_column",
+             "max_train_samples", "instruction_path"),
+    "model": ("model_name_or_path", "model_revision", "dtype", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
+              "use_bnb_nested_quant", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+    "training": ("learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
+                 "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "optim",
+                 "weight_decay", "max_grad_norm", "max_length", "fp16", "bf16", "packing", "completion_only_loss"),
+}
+# The fp16 grad scaler skips a step with inf/NaN gradients and halves its scale; this many skips in a row take the
+# scale from 2**16 below 2**-8, past any overflow the scaler can absorb.
+FP16_MAX_CONSECUTIVE_SKIPS = 24
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest `checkpoint-N` whose trainer_state.json (the Trainer writes it last) says step N.
+
+    A checkpoint killed mid-save has no such file, or a truncated one, and is skipped: resuming from it would load
+    half an optimizer state.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = []
+    for path in output_dir.iterdir():
+        match = CHECKPOINT.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            logger.warning("Ignoring incomplete checkpoint %s (killed while saving).", path)
+            continue
+        if state.get("global_step") == int(match.group(1)):
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stop at the first non-finite loss, or non-finite gradient outside fp16, before the optimizer applies it.
+
+    The Trainer's `logging_nan_inf_filter` hides NaN losses from the logs, so without this a run can spend hours
+    training on NaN weights. In fp16 the grad scaler skips steps with inf gradients by design; only a run of
+    FP16_MAX_CONSECUTIVE_SKIPS skipped steps (the scaler has given up) counts as diverged there.
+    """
+
+    def __init__(self):
+        self.bad_loss: float | None = None
+        self.fp16_skips = 0
+
+    def observe(self, loss: torch.Tensor) -> None:
+        if self.bad_loss is None and not torch.isfinite(loss).all():
+            self.bad_loss = float(loss.float().mean())
+
+    def _stop(self, args, state, what: str) -> None:
+        step = state.global_step + 1
+        last = last_complete_checkpoint(args.output_dir)
+        raise RunError(f"{what} at step {step}; training stopped before the optimizer applied it. Last good "
+                       f"checkpoint: {last or 'none'}. Lower learning_rate or raise warmup_steps, check the data, "
+                       "or use bf16 instead of fp16 where the GPU has it; then re-run (a new --output_dir starts "
+                       "fresh, the same one resumes from that checkpoint).")
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.bad_loss is not None:
+            self._stop(args, state, f"Non-finite loss ({self.bad_loss})")
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if finite:
+            self.fp16_skips = 0
+        elif not args.fp16:
+            self._stop(args, state, "Non-finite gradient norm")
+        else:
+            self.fp16_skips += 1
+            if self.fp16_skips >= FP16_MAX_CONSECUTIVE_SKIPS:
+                self._stop(args, state, f"{self.fp16_skips} fp16 overflow steps in a row (the grad scaler gave up)")
+
+
+class GuardedSFTTrainer(SFTTrainer):
+    """SFTTrainer that shows each micro-batch's loss to the NonFiniteGuard (callbacks never see the loss)."""
+
+    def __init__(self, *args, guard: NonFiniteGuard, **kwargs):
+        super().__init__(*args, callbacks=[guard], **kwargs)
+        self.guard = guard
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.guard.observe(loss)
+        return loss
+
+
+def prepared_path(data_args: DataArguments, training_args: SFTConfig) -> Path:
+    if is_prepared(data_args.dataset_name):
+        return Path(data_args.dataset_name)
+    return Path(training_args.output_dir) / DATA_DIR
 
 
 def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer):
@@ -30,9 +132,7 @@ def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer):
 
     Call under `main_process_first()`: the main process prepares, the others then find the folder complete.
     """
-    if is_prepared(data_args.dataset_name):
-        return load_prepared(data_args.dataset_name)
-    target = Path(training_args.output_dir) / DATA_DIR
+    target = prepared_path(data_args, training_args)
     if not is_prepared(target):
         dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
                                           training_args.dataset_num_proc)
@@ -41,6 +141,8 @@ def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer):
 
 
 def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
+    check_precision(training_args, model_args, training=True)
+    check_model_source(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
                                revision=model_args.model_revision)
     # TRL would otherwise re-apply chat_template_path itself; our tokenizer already carries the checked template.
@@ -51,13 +153,14 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     train_dataset = dataset["train"].select_columns(columns)
     eval_dataset = dataset["validation"].select_columns(columns) if training_args.eval_strategy != "no" else None
     model = load_model(model_args)
-    trainer = SFTTrainer(
+    trainer = GuardedSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        guard=NonFiniteGuard(),
     )
     if training_args.fp16:
         cast = upcast_trainable_params(trainer.model)
@@ -65,37 +168,92 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     return trainer
 
 
+def run_config(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
+    """The resolved configuration, secrets redacted, as saved beside the adapter."""
+    return redact({
+        "data": dataclasses.asdict(data_args),
+        "model": dataclasses.asdict(model_args),
+        "training": json.loads(training_args.to_json_string()),
+    })
+
+
+def _check_resume_config(saved_path: Path, config: dict, checkpoint: Path) -> None:
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # a checkpoint from before this file existed: nothing to compare against
+    changed = [f"{key}: {saved[group].get(key)!r} -> {config[group].get(key)!r}"
+               for group, keys in RESUME_KEYS.items() for key in keys
+               if json.dumps(saved[group].get(key), default=str) != json.dumps(config[group].get(key), default=str)]
+    if changed:
+        raise ConfigError(f"{checkpoint} was made with other settings ({'; '.join(changed)}): re-run with the "
+                          "same recipe and flags to resume it, or pass a new --output_dir to start over.")
+
+
+def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> Path | None:
+    """Everything that can be checked before a model is loaded; returns the checkpoint to resume from, if any."""
+    output_dir = Path(training_args.output_dir)
+    check_precision(training_args, model_args, training=True)
+    check_model_source(model_args.model_name_or_path)
+    if (output_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{output_dir / ADAPTER_DIR} already holds a finished adapter: pass a new --output_dir, "
+                          "or delete that folder to train again.")
+    if training_args.resume_from_checkpoint:
+        raise ConfigError("Leave `resume_from_checkpoint` unset: train.py resumes from the last complete checkpoint "
+                          "in --output_dir by itself.")
+    dataset = Path(data_args.dataset_name)
+    if dataset.name.endswith(".tmp"):
+        raise ConfigError(f"{dataset} is an unfinished prepared dataset (a `.tmp` folder): run `make data` again.")
+    check_free_disk(output_dir)
+    if training_args.save_strategy == "steps" and training_args.save_steps % max(training_args.logging_steps, 1):
+        logger.warning("save_steps (%s) is not a multiple of logging_steps (%s): after a resume the first logged "
+                       "loss averages fewer steps than in an uninterrupted run.", training_args.save_steps,
+                       training_args.logging_steps)
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is not None:
+        _check_resume_config(output_dir / RUN_CONFIG_FILE, run_config(data_args, training_args, model_args),
+                             checkpoint)
+    return checkpoint
+
+
 def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> Path:
-    """Train (resuming from the last checkpoint in output_dir if any) and save the adapter; returns its folder."""
+    """Train (resuming from the last complete checkpoint in output_dir if any) and save the adapter; returns its
+    folder. The adapter folder appears only when complete (built in `adapter.tmp`, then renamed)."""
     output_dir = Path(training_args.output_dir)
     adapter_dir = output_dir / ADAPTER_DIR
     template_path = training_args.chat_template_path
+    config = run_config(data_args, training_args, model_args)
+    checkpoint = preflight(data_args, training_args, model_args)
+    logger.info("Resolved config: %s", json.dumps(config, default=str))
+    is_main = PartialState().is_main_process
+    if is_main and checkpoint is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(output_dir / RUN_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
     trainer = build_trainer(data_args, training_args, model_args)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last:
-        logger.info("Resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
+    # TRL leaves QLoRA adapters in bf16, but PEFT reloads a checkpoint's adapter in fp32: without this a resumed run
+    # would continue in another precision than an uninterrupted one (and bf16 master weights lose small updates).
+    upcast_trainable_params(trainer.model)
+    if checkpoint is not None:
+        logger.info("Resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.args.eval_strategy != "no":
         trainer.evaluate()
-    tmp = output_dir / (ADAPTER_DIR + ".tmp")
+    tmp = tmp_dir_for(adapter_dir) if is_main else adapter_dir.with_name(ADAPTER_DIR + ".tmp")
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(tmp))
         shutil.copy(template_path or "prompts/chat_template.jinja", tmp / "chat_template.jinja")
         instruction = read_text(data_args.instruction_path, "Instruction file")
         (tmp / "instruction.txt").write_text(instruction)
-        config = {
-            "data": dataclasses.asdict(data_args),
-            "model": dataclasses.asdict(model_args),
-            "training": json.loads(training_args.to_json_string()),
-        }
-        (tmp / "run_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        (tmp / RUN_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+        (tmp / LOG_HISTORY_FILE).write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+        data_path = prepared_path(data_args, training_args)
+        stats = prepared_stats(data_path)
         write_manifest(tmp, config=config, base_model=model_args.model_name_or_path,
-                       dataset_fingerprint=trainer.train_dataset._fingerprint,
+                       dataset=str(data_path), dataset_fingerprint=stats.get("train", {}).get("fingerprint"),
+                       global_step=trainer.state.global_step, resumed_from=str(checkpoint) if checkpoint else None,
                        chat_template=trainer.processing_class.chat_template, instruction=instruction)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        os.replace(tmp, adapter_dir)
+        publish_dir(tmp, adapter_dir)
     trainer.accelerator.wait_for_everyone()
     return adapter_dir
-
