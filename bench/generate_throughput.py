@@ -43,7 +43,8 @@ def parse_args():
     p.add_argument("--max-length", type=int, default=1024, help="Prompt + reference summary + EOS budget.")
     p.add_argument("--budgets", default="65536,131072", help="max_batch_tokens values for the project path.")
     p.add_argument("--batch-size", type=int, default=1024, help="Row cap per batch for the project path.")
-    p.add_argument("--static", action="store_true", help="Also time the project path with a static KV cache.")
+    p.add_argument("--eager", action="store_true", help="Also time the project path without CUDA graphs.")
+    p.add_argument("--static", action="store_true", help="Also time generate() with a static KV cache (no compile).")
     p.add_argument("--compile-rows", type=int, default=0, help="Also time static cache + torch.compile on N rows.")
     p.add_argument("--skip", default="", help="Comma-separated variants to skip (stock_b1, stock_b64, nf4, ...).")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
@@ -149,12 +150,16 @@ def main():
         rows = len(outputs)
         assert sorted(outputs) == list(range(rows)), "every row exactly once"
         assert all(len(ids) == args.new_tokens for ids in outputs.values())
-        matched = [outputs[i] == ids for i, ids in reference.get(ref, {}).items() if i in outputs]
+        pairs = [(outputs[i], ids) for i, ids in reference.get(ref, {}).items() if i in outputs]
+        matched = [a == b for a, b in pairs]
+        # where rows differ: how many leading tokens still agree (a late near-tie flip vs a real bug)
+        prefix = [next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a)) for a, b in pairs]
         entry = {"variant": variant, "stock": stock, **common, "rows": rows, "seconds": round(seconds, 2),
                  "summaries_per_s": round(rows / seconds, 2),
                  "projected_min_11334": round(TEST_ROWS / (rows / seconds) / 60, 2),
                  "match_rate": round(sum(matched) / len(matched), 4) if matched else None,
-                 "match_rows": len(matched), "match_reference": ref, **memory, **extra}
+                 "match_rows": len(matched), "match_reference": ref,
+                 "mean_matching_prefix": round(sum(prefix) / len(prefix), 2) if prefix else None, **memory, **extra}
         with open(args.output, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
         print(f"{variant:<34} {entry['summaries_per_s']:>8.2f}/s {entry['projected_min_11334']:>8.1f} min "
@@ -164,28 +169,39 @@ def main():
         return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
                                    min_new_tokens=args.new_tokens, **kwargs))
 
+    graph = "own greedy loop, preallocated KV cache, decode step replayed as a CUDA graph"
+
     stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
     if "stock_b1" not in skip:
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
                                                            args.new_tokens))
         reference["bf16_b1"] = out
-        record("stock_bf16_b1", True, out, s, mem, "bf16_b1", batching="batch 1, dataset order")
+        record("stock_bf16_b1", True, out, s, mem, "bf16_b1", decode="generate()",
+               batching="batch 1, dataset order")
     if "stock_b64" not in skip:
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts, 64, args.new_tokens))
-        record("stock_bf16_b64", True, out, s, mem, "bf16_b1", batching="batch 64, dataset order, left-padded")
+        record("stock_bf16_b64", True, out, s, mem, "bf16_b1", decode="generate()",
+               batching="batch 64, dataset order, left-padded")
     if "sorted_b64" not in skip:
         out, s, mem = timed(device, lambda: project(model, None, batch_size=64))
-        record("project_bf16_sorted_b64", False, out, s, mem, "bf16_b1", batching="batch 64, sorted by length")
+        record("project_bf16_sorted_b64", False, out, s, mem, "bf16_b1", decode=graph,
+               batching="batch 64, sorted by length")
     budgets = [int(b) for b in args.budgets.split(",") if b]
     for budget in budgets:
         out, s, mem = timed(device, lambda b=budget: project(model, b))
-        record(f"project_bf16_tokens{budget}", False, out, s, mem, "bf16_b1",
+        record(f"project_bf16_tokens{budget}", False, out, s, mem, "bf16_b1", decode=graph,
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+    if args.eager:
+        out, s, mem = timed(device, lambda: project(model, budgets[-1], cuda_graph=False))
+        record(f"project_bf16_tokens{budgets[-1]}_eager", False, out, s, mem, "bf16_b1",
+               decode="own greedy loop, preallocated KV cache, eager (no CUDA graph)",
+               batching=f"sorted, max_batch_tokens={budgets[-1]}, batch_size<={args.batch_size}")
     if args.static:
         out, s, mem = timed(device, lambda: project(model, budgets[0], cache_implementation="static",
                                                     disable_compile=True))
-        record(f"project_bf16_tokens{budgets[0]}_static", False, out, s, mem, "bf16_b1",
-               batching=f"sorted, max_batch_tokens={budgets[0]}, static KV cache, no compile")
+        record(f"project_bf16_tokens{budgets[0]}_generate_static", False, out, s, mem, "bf16_b1",
+               decode="generate(cache_implementation='static', disable_compile=True)",
+               batching=f"sorted, max_batch_tokens={budgets[0]}")
     if args.compile_rows:
         # One batch of similar-length rows, run twice: the first call compiles, the second shows the steady state.
         order = sorted(range(len(prompts)), key=lambda i: prompt_tokens[i])
@@ -195,6 +211,7 @@ def main():
                               ("static_compile_second", {"cache_implementation": "static"})):
             out, s, mem = timed(device, lambda kw=kwargs: project(model, None, subset, n, **kw))
             record(f"project_bf16_{n}rows_{label}", False, out, s, mem, "none",
+                   decode="generate()" + (", static cache, auto torch.compile" if kwargs else ", dynamic cache"),
                    batching=f"one batch of {n} median-length rows")
     del model
     if "nf4" not in skip:
@@ -209,11 +226,12 @@ def main():
             out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.nf4_batch1_rows], 1,
                                                                args.new_tokens))
             reference["nf4_b1"] = out
-            record("stock_nf4_lora_b1", True, out, s, mem, "nf4_b1", batching="batch 1, dataset order")
-        for budget in budgets:
-            out, s, mem = timed(device, lambda b=budget: project(model, b))
-            record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1",
-                   batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+            record("stock_nf4_lora_b1", True, out, s, mem, "nf4_b1", decode="generate()",
+                   batching="batch 1, dataset order")
+        budget = budgets[-1]
+        out, s, mem = timed(device, lambda: project(model, budget))
+        record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=graph,
+               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
 
 
 if __name__ == "__main__":

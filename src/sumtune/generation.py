@@ -1,7 +1,10 @@
 """Batched summary generation: rows sorted by prompt length, batched by a token budget, left-padded, stop at EOS.
 
 Sorting keeps padding small, and the token budget (rows x (longest prompt + new tokens), the KV cache's size) lets
-short prompts travel in large batches while long ones stay within memory. Measured in bench/results/.
+short prompts travel in large batches while long ones stay within memory. Greedy decoding runs its own loop over a
+preallocated KV cache, so on a GPU each decode step is one CUDA-graph replay: eager `generate()` spends most of a
+decode step launching kernels from Python. Beam search and extra `generate()` options go through `generate()`.
+Measured in bench/results/generate_throughput.md.
 """
 
 from __future__ import annotations
@@ -31,13 +34,116 @@ def token_budget_batches(lengths: list[int], max_new_tokens: int, batch_size: in
         start += rows
 
 
+class SlotCache:
+    """Fixed-size KV cache written at `slots` (a device tensor the caller moves), so a decode step can be captured
+    once as a CUDA graph and replayed. Attention reads the whole buffer; the caller's 4D mask hides unwritten slots.
+
+    Duck-typed, not a `transformers.Cache`: the model only calls `update`, and the mask helpers then skip the
+    per-layer bookkeeping whose attributes change between transformers versions."""
+
+    def __init__(self, model, batch: int, length: int):
+        config, weight = model.config, model.get_input_embeddings().weight
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        shape = (batch, heads, length, config.hidden_size // config.num_attention_heads)
+        self.keys = [weight.new_zeros(shape) for _ in range(config.num_hidden_layers)]
+        self.values = [weight.new_zeros(shape) for _ in range(config.num_hidden_layers)]
+        self.slots = torch.zeros(1, dtype=torch.long, device=weight.device)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.keys[layer_idx].index_copy_(2, self.slots, key_states)
+        self.values[layer_idx].index_copy_(2, self.slots, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions come from position_ids and the 4D mask, never from here
+
+
+@torch.inference_mode()
+def greedy_batch(model, input_ids, attention_mask, max_new_tokens: int, eos: int, pad: int, min_new_tokens: int = 0,
+                 cuda_graph: bool = True) -> torch.Tensor:
+    """Greedy continuation of a left-padded batch: (rows, max_new_tokens) token ids, `pad` after each row's EOS.
+
+    Same decisions as `generate(do_sample=False)`: positions count real tokens only, EOS is banned for the first
+    `min_new_tokens` steps, and the loop ends when every row has emitted EOS.
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
+    rows, prompt_len = input_ids.shape
+    length = prompt_len + max_new_tokens
+    device = input_ids.device
+    cache = SlotCache(causal_lm, rows, length)
+    valid = torch.zeros(rows, length, dtype=torch.bool, device=device)  # which cache slots each row may attend to
+    valid[:, :prompt_len] = attention_mask.bool()
+    # Prefill. Causal and padding mask over the whole cache; a pad query also sees itself, so no row is all-masked.
+    causal = torch.ones(prompt_len, length, dtype=torch.bool, device=device).tril()
+    mask = (causal[None] & valid[:, None, :]) | torch.eye(prompt_len, length, dtype=torch.bool, device=device)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache.slots = torch.arange(prompt_len, device=device)
+    hidden = causal_lm.model(input_ids=input_ids, attention_mask=mask[:, None], position_ids=positions,
+                             past_key_values=cache, use_cache=True).last_hidden_state
+    logits = causal_lm.lm_head(hidden[:, -1]).float()
+
+    out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    token = torch.zeros(rows, 1, dtype=torch.long, device=device)
+    step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being chosen
+    position = positions[:, -1:] + 1
+    cache.slots = step + prompt_len - 1  # slot of the token fed in, one behind the one being chosen
+
+    def choose(logits):
+        logits[:, eos] = torch.where(step[0] < min_new_tokens, float("-inf"), logits[:, eos])
+        chosen = torch.where(done, pad, logits.argmax(-1))
+        out.index_copy_(1, step, chosen[:, None])
+        done.logical_or_(chosen == eos)
+        token.copy_(chosen[:, None])
+
+    def decode():
+        step.add_(1)
+        cache.slots.add_(1)
+        valid.index_fill_(1, cache.slots, True)
+        hidden = causal_lm.model(input_ids=token, attention_mask=valid[:, None, None, :], position_ids=position,
+                                 past_key_values=cache, use_cache=True).last_hidden_state
+        position.add_(1)
+        choose(causal_lm.lm_head(hidden[:, -1]).float())
+
+    choose(logits)
+    graph = None
+    for t in range(1, max_new_tokens):
+        if bool(done.all()):
+            break
+        if graph is not None:
+            graph.replay()
+        elif t == 2 and cuda_graph and device.type == "cuda":
+            graph = _capture(decode)  # step 1 ran eagerly: the warm-up capture needs
+            if graph is None:
+                cuda_graph = False
+                decode()
+            else:
+                graph.replay()
+        else:
+            decode()
+    return out
+
+
+def _capture(fn):
+    """A CUDA graph of `fn`, which it does not run, or None where capture fails (some quantized kernels)."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as err:
+        logger.warning("CUDA graph capture failed (%s); decoding eagerly.", err)
+        return None
+    return graph
+
+
 @torch.inference_mode()
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
-                   batch_size: int = 16, max_batch_tokens: int | None = None,
-                   **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
+                   batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
+                   cuda_graph: bool = True, **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
-    Greedy unless num_beams > 1. `generate_kwargs` go to `model.generate` (e.g. `cache_implementation="static"`).
+    Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
+    e.g. `cache_implementation="static"`).
     """
     if tokenizer.padding_side != "left":
         # Decoder-only models continue from the last position: right padding would put pads before the summary.
@@ -51,26 +157,31 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
         # generate() derives position_ids from the attention mask, so left padding does not shift positions, and
         # it stops a batch once every row has emitted EOS (finished rows are filled with pad).
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                   eos_token_id=eos, pad_token_id=pad, **generate_kwargs)
-        for i, ids in zip(batch, generated[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
+        if num_beams == 1 and not generate_kwargs:
+            new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"], max_new_tokens, eos, pad,
+                               min_new_tokens, cuda_graph)
+        else:
+            new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                 num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                                 **generate_kwargs)[:, inputs["input_ids"].shape[1]:]
+        for i, ids in zip(batch, new.tolist(), strict=True):
             yield i, ids[:ids.index(eos)] if eos in ids else ids
 
 
 def iter_summaries(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None,
-                   **generate_kwargs) -> Iterator[tuple[int, str]]:
+                   **kwargs) -> Iterator[tuple[int, str]]:
     """Yield (index into prompts, summary) batch by batch, in generation order. See `iter_token_ids`."""
     for i, ids in iter_token_ids(model, tokenizer, prompts, max_new_tokens, num_beams, batch_size, max_batch_tokens,
-                                 **generate_kwargs):
+                                 **kwargs):
         yield i, tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def generate_summaries(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
-                       batch_size: int = 16, max_batch_tokens: int | None = None, **generate_kwargs) -> list[str]:
+                       batch_size: int = 16, max_batch_tokens: int | None = None, **kwargs) -> list[str]:
     """One summary per conversational prompt, in input order."""
     outputs: list[str] = [""] * len(prompts)
     for i, text in iter_summaries(model, tokenizer, prompts, max_new_tokens, num_beams, batch_size, max_batch_tokens,
-                                  **generate_kwargs):
+                                  **kwargs):
         outputs[i] = text
     return outputs
