@@ -40,7 +40,8 @@ def test_accelerate_config_loads(config):
 
     loaded = load_config_from_file(str(config))
     assert loaded.num_processes >= 1
-    expected = {"single_gpu_t4.yaml": "fp16", "single_gpu.yaml": "bf16", "multi_gpu.yaml": "bf16", "cpu.yaml": "no"}
+    expected = {"single_gpu_t4.yaml": "fp16", "single_gpu.yaml": "bf16", "multi_gpu.yaml": "bf16", "cpu.yaml": "no",
+                "multi_cpu.yaml": "no", "fsdp_qlora.yaml": "bf16", "multi_node.yaml": "bf16"}
     assert str(loaded.mixed_precision) == expected[config.name]
 
 
