@@ -1,0 +1,356 @@
+"""Training throughput of the QLoRA recipes against a stock TRL script, on a Phi-2-shaped random-weight model.
+
+One invocation builds the model (config from ../shared/phi-2, random weights, fp16 safetensors) and XSum-length data
+(../shared/data/xsum_test_sample_500.jsonl through sumtune's own budget fitting), then trains every variant in its own
+process on the same rows, seed and global batch, and appends one JSON object per variant to --results.
+
+    python bench/train_throughput.py --assets .device_assets                      # all variants, on a CUDA GPU
+    python bench/train_throughput.py --assets .device_assets --variants stock-fp16,qlora,qlora-t4
+    python bench/train_throughput.py --assets .device_assets --tiny --steps 3      # CPU smoke test of the code paths
+
+Tokens are non-padding tokens (TRL's own count: attention_mask sum, or the packed length when padding-free), summed
+over the optimizer steps after --warmup; peak is torch.cuda.max_memory_reserved of the variant's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+T4_GIB = 15.0  # a T4 shows ~15 GiB of its 16 GB to CUDA; emulated with set_per_process_memory_fraction
+
+# name -> how it is trained. `stock`: a plain SFTTrainer script ("fp16"/"bf16"); `recipe`: through sumtune with CLI
+# `args`; `patch`: bench-only prototypes of src changes (see PATCHES); `cap`: GiB cap; `data`: "real" or "long".
+VARIANTS = {
+    "stock-fp16": {"stock": "fp16", "reference": True},
+    "stock-bf16": {"stock": "bf16"},
+    "qlora": {"recipe": "recipes/phi-2/qlora.yaml"},
+    "qlora-t4": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB},
+    "qlora-t4-long": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long"},
+    "qlora-long": {"recipe": "recipes/phi-2/qlora.yaml", "data": "long"},
+}
+BF16 = ["--config", "recipes/phi-2/qlora.yaml"]
+FP16 = ["--config", "recipes/phi-2/qlora-t4.yaml"]
+NOGC = ["--gradient_checkpointing", "false"]
+PF = ["--padding_free", "true"]
+GROUP = ["--train_sampling_strategy", "group_by_length"]
+
+
+def bs(n: int) -> list[str]:
+    return ["--per_device_train_batch_size", str(n)]
+
+
+# Names: precision, micro-batch, checkpointing (gc/nogc), pf = padding-free, grouped = length-grouped sampler,
+# gelu = fused tanh GELU (bench patch), nodrop = lora_dropout 0, long = the longest rows only (memory worst case).
+LEVERS = {
+    "bf16-bs8-gc": BF16 + bs(8),
+    "bf16-bs16-gc": BF16 + bs(16),
+    "bf16-bs16-gc-grouped": BF16 + bs(16) + GROUP,
+    "bf16-bs16-gc-pf": BF16 + bs(16) + PF,
+    "bf16-bs4bins-gc-pack": BF16 + bs(4) + ["--packing", "true"],
+    "bf16-bs8-nogc-grouped": BF16 + bs(8) + GROUP + NOGC,
+    "bf16-bs4-nogc-grouped": BF16 + bs(4) + GROUP + NOGC,
+    "bf16-bs8-nogc-grouped-gelu": BF16 + bs(8) + GROUP + NOGC,
+    "bf16-bs8-nogc-grouped-gelu-nodrop": BF16 + bs(8) + ["--lora_dropout", "0"] + GROUP + NOGC,
+    "bf16-bs8-nogc-grouped-gelu-compile": BF16 + bs(8) + ["--torch_compile", "true"] + GROUP + NOGC,
+    "bf16-bs8-nogc-pf": BF16 + bs(8) + PF + NOGC,
+    "bf16-bs8-nogc-pf-gelu": BF16 + bs(8) + PF + NOGC,
+    "bf16-bs8-nogc-pf-gelu-nodrop": BF16 + bs(8) + ["--lora_dropout", "0"] + PF + NOGC,
+    "bf16-bs16-nogc-pf-gelu": BF16 + bs(16) + PF + NOGC,
+    "bf16-bs16-nogc-grouped-gelu": BF16 + bs(16) + GROUP + NOGC,
+    "bf16-bs8-nogc-pf-gelu-compile": BF16 + bs(8) + ["--torch_compile", "true"] + PF + NOGC,
+    "fp16-bs8-nogc-pf-gelu": FP16 + bs(8) + PF + NOGC,
+    "t4-bs8-gc-pf": FP16 + bs(8) + PF,
+    "t4-bs8-gc-grouped": FP16 + bs(8) + GROUP,
+    "t4-bs16-gc-grouped-gelu": FP16 + bs(16) + GROUP,
+    "t4-bs4-nogc-pf-gelu": FP16 + bs(4) + PF + NOGC,
+    "t4-bs8-gc-pf-long": FP16 + bs(8) + PF,
+}
+for _name, _args in LEVERS.items():
+    VARIANTS[_name] = {"recipe": _args[1], "args": _args[2:], "patch": ["gelu"] if "-gelu" in _name else [],
+                       "cap": T4_GIB if _name.startswith("t4-") else None,
+                       "data": "long" if "-long" in _name else "real"}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- assets: model and data, built once per invocation
+
+
+def build_assets(assets: Path, work: Path, tiny: bool) -> tuple[Path, Path, Path]:
+    """Random-weight Phi-2 (or a 2-layer stand-in with --tiny) with the Phi-2 tokenizer, plus prepared data folders.
+
+    `assets` holds phi-2/ and xsum_test_sample_500.jsonl (directly or under data/, as ../shared does)."""
+    import torch
+    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
+
+    from sumtune.config import DataArguments
+    from sumtune.data import prepare_datasets, save_prepared
+    from sumtune.modeling import load_tokenizer
+
+    model_dir, data_dir, long_dir = work / "phi-2-random", work / "data", work / "data-long"
+    if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
+        config = PhiConfig.from_pretrained(assets / "phi-2")
+        if tiny:
+            config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256,
+                           "num_attention_heads": 4, "num_key_value_heads": 4})
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = PhiForCausalLM(config).half()
+        model.save_pretrained(model_dir, safe_serialization=True)
+        AutoTokenizer.from_pretrained(assets / "phi-2").save_pretrained(model_dir)
+        del model
+        log(f"model saved to {model_dir}")
+    if not (data_dir / "stats.json").is_file():
+        tokenizer = load_tokenizer(str(model_dir), "prompts/chat_template.jinja")
+        rows = next(p for p in (assets / "xsum_test_sample_500.jsonl", assets / "data/xsum_test_sample_500.jsonl")
+                    if p.is_file())
+        data_args = DataArguments(dataset_name=str(rows))
+        dataset, stats = prepare_datasets(data_args, tokenizer, 1024, 42)
+        save_prepared(dataset, stats, data_dir)
+        # Worst case for memory: the longest rows only (every one near max_length).
+        order = sorted(range(len(dataset["train"])), key=lambda i: -dataset["train"][i]["num_tokens"])
+        dataset["train"] = dataset["train"].select(order[:64])
+        save_prepared(dataset, stats, long_dir)
+        log(f"data: {json.dumps(stats['train'])}")
+    return model_dir, data_dir, long_dir
+
+
+# ------------------------------------------------------------------------------------- one variant, in its process
+
+def patch_gelu(model) -> int:
+    """Prototype: Phi-2's `gelu_new` is the tanh GELU written as ~8 eager ops, each saving an activation for backward;
+    `gelu_pytorch_tanh` is the same function in one fused kernel. In src: load with `hidden_act="gelu_pytorch_tanh"`."""
+    from transformers.activations import ACT2FN, NewGELUActivation
+
+    swapped = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "activation_fn", None), NewGELUActivation):
+            module.activation_fn = ACT2FN["gelu_pytorch_tanh"]
+            swapped += 1
+    return swapped
+
+
+def stock_trainer(precision: str, model_dir: Path, data_dir: Path, out: Path, steps: int, global_batch: int):
+    """What a plain TRL script does: NF4 double-quant, LoRA r16/a32, paged 8-bit AdamW, batch 4, checkpointing."""
+    import torch
+    from datasets import load_from_disk
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from sumtune.modeling import upcast_trainable_params
+
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    if not torch.cuda.is_available():  # CPU smoke test: no mixed precision there
+        precision, dtype = "fp32", torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = Path("prompts/chat_template.jinja").read_text()
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quant,
+                                                 device_map={"": 0} if torch.cuda.is_available() else None)
+    args = SFTConfig(str(out), per_device_train_batch_size=4, gradient_accumulation_steps=global_batch // 4,
+                     gradient_checkpointing=True, optim="paged_adamw_8bit", fp16=precision == "fp16",
+                     bf16=precision == "bf16", max_length=1024, learning_rate=2e-4, lr_scheduler_type="cosine",
+                     warmup_steps=0.03, max_steps=steps, logging_steps=1, report_to="none", save_strategy="no",
+                     seed=42)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=load_from_disk(str(data_dir))["train"].select_columns(["prompt", "completion"]),
+                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS,
+                                                task_type="CAUSAL_LM"))
+    if precision == "fp16":  # TRL casts QLoRA adapters to bf16, which fp16's grad scaler cannot unscale
+        upcast_trainable_params(trainer.model)
+    return trainer
+
+
+def recipe_trainer(recipe: str, extra: list[str], model_dir: Path, data_dir: Path, out: Path, steps: int,
+                   global_batch: int):
+    import torch
+
+    from sumtune.config import parse_args
+    from sumtune.training import build_trainer
+
+    if not torch.cuda.is_available():  # CPU smoke test: no mixed precision there
+        extra = [*extra, "--bf16", "false", "--fp16", "false", "--dtype", "float32"]
+    data_args, _, training_args, model_args = parse_args([
+        "--config", recipe, *extra, "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir),
+        "--output_dir", str(out), "--max_steps", str(steps), "--eval_strategy", "no", "--save_strategy", "no",
+        "--report_to", "none", "--logging_steps", "1"])
+    # Same examples per optimizer step in every variant, so losses after the same steps compare.
+    training_args.gradient_accumulation_steps = max(1, global_batch // training_args.per_device_train_batch_size)
+    if training_args.padding_free and not training_args.packing:
+        # Prototype of a src change: rows are already fit to max_length by sumtune.data, and TRL refuses
+        # padding_free with max_length set (it would not enforce it), so pass max_length=None to SFTTrainer.
+        training_args.max_length = None
+    return build_trainer(data_args, training_args, model_args)
+
+
+def run_variant(name: str, opts) -> dict:
+    import torch
+    from transformers import TrainerCallback, set_seed
+
+    spec = VARIANTS[name]
+    cuda = torch.cuda.is_available()
+    if cuda and spec.get("cap"):
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(spec["cap"] * 2**30 / total)
+    work = Path(opts.work)
+    data_dir = work / ("data-long" if spec.get("data") == "long" else "data")
+    steps = opts.steps + opts.warmup
+    set_seed(42)
+    out = work / "runs" / name
+    if "stock" in spec:
+        trainer = stock_trainer(spec["stock"], work / "phi-2-random", data_dir, out, steps, opts.global_batch)
+    else:
+        trainer = recipe_trainer(spec["recipe"], spec.get("args", []), work / "phi-2-random", data_dir, out, steps,
+                                 opts.global_batch)
+    if "gelu" in spec.get("patch", []):
+        log(f"gelu_new -> gelu_pytorch_tanh in {patch_gelu(trainer.model)} MLPs")
+
+    marks = []
+
+    class Meter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), trainer._total_train_tokens))
+
+    trainer.add_callback(Meter())
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    if opts.save_adapter:
+        trainer.save_model(opts.save_adapter)
+    (t0, n0), (t1, n1) = marks[opts.warmup - 1], marks[-1]
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    a = trainer.args
+    return {
+        "tokens_per_s": round((n1 - n0) / (t1 - t0), 1),
+        "peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+        "loss": logs[-1]["loss"],
+        "loss_mean": round(sum(e["loss"] for e in logs) / len(logs), 4),
+        "grad_norm": logs[-1].get("grad_norm"),
+        "losses": [e["loss"] for e in logs],
+        "grad_norms": [e.get("grad_norm") for e in logs],
+        "tokens": n1 - n0,
+        "settings": {"precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",
+                     "per_device_train_batch_size": a.per_device_train_batch_size,
+                     "gradient_accumulation_steps": a.gradient_accumulation_steps,
+                     "gradient_checkpointing": a.gradient_checkpointing, "padding_free": a.padding_free,
+                     "packing": a.packing, "train_sampling_strategy": a.train_sampling_strategy,
+                     "torch_compile": a.torch_compile,
+                     "attn_implementation": trainer.model.config._attn_implementation},
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+
+def environment() -> dict:
+    import torch
+
+    names = ["torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except Exception:
+            versions[name] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"device": device, "versions": versions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", default=".device_assets", help="folder with phi-2/ and xsum_test_sample_500.jsonl")
+    parser.add_argument("--work", default="/tmp/sumtune-bench", help="scratch: model, data, runs")
+    parser.add_argument("--variants", default="stock-fp16,stock-bf16,qlora,qlora-t4",
+                        help=f"comma list, or 'all'; known: {', '.join(VARIANTS)}")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
+    parser.add_argument("--global_batch", type=int, default=16, help="examples per optimizer step in every variant")
+    parser.add_argument("--results", default="bench/results/train_throughput.jsonl")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per variant")
+    parser.add_argument("--tiny", action="store_true", help="2-layer stand-in model (CPU smoke test)")
+    parser.add_argument("--child", help="run only this variant, in this process, on assets already built in --work")
+    parser.add_argument("--save_adapter", help="with --child: save the trained adapter here")
+    opts = parser.parse_args()
+
+    if opts.child:  # one variant in this process: print its result as the last line
+        print("RESULT " + json.dumps(run_variant(opts.child, opts)), flush=True)
+        return
+
+    names = list(VARIANTS) if opts.variants == "all" else opts.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    work = Path(opts.work)
+    build_assets(Path(opts.assets), work, opts.tiny)
+    env = environment()
+    command = "python " + shlex.join(sys.argv)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    Path(opts.results).parent.mkdir(parents=True, exist_ok=True)
+    rows, ref, stock = [], None, {}  # stock variants run first when listed first: later rows compare against them
+    for name in names:
+        log(f"{name} ...")
+        argv = [sys.executable, __file__, "--child", name, "--work", str(work), "--steps", str(opts.steps),
+                "--warmup", str(opts.warmup), "--global_batch", str(opts.global_batch)]
+        start = time.time()
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, env=child_env)
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            result = next((json.loads(x[7:]) for x in reversed(proc.stdout.splitlines()) if x.startswith("RESULT ")),
+                          None)
+            error = None if result else next((x for x in reversed(lines) if "Error" in x), lines[-1] if lines else "")
+        except subprocess.TimeoutExpired:
+            result, error, lines = None, f"timeout after {opts.timeout}s", []
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        (work / "logs" / f"{name}.log").write_text("\n".join(lines))
+        spec = VARIANTS[name]
+        row = {"variant": name, "reference": bool(spec.get("reference")), **env, "date": date,
+               "recipe": spec.get("recipe"), "overrides": spec.get("args", []), "bench_patches": spec.get("patch", []),
+               "memory_cap_gib": spec.get("cap"), "data": spec.get("data", "real"), "steps": opts.steps,
+               "warmup_steps": opts.warmup, "global_batch": opts.global_batch, "wall_s": round(time.time() - start),
+               "command": command, **(result or {"error": error})}
+        if result:
+            if row["reference"]:
+                ref = row
+            if name.startswith("stock"):
+                stock[result["settings"]["precision"]] = row
+            row["ratio_vs_reference"] = round(row["tokens_per_s"] / ref["tokens_per_s"], 2) if ref else None
+            same = stock.get(result["settings"]["precision"])
+            row["loss_rel_vs_stock"] = round(row["loss"] / same["loss"] - 1, 4) if same and row["data"] == "real" \
+                else None
+        rows.append(row)
+        with open(opts.results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(f"{name}: " + (f"{row['tokens_per_s']} tok/s, peak {row['peak_gib']} GiB, loss {row['loss']}"
+                           if result else f"FAILED: {error}"))
+
+    print(f"\n{env['device']}  {json.dumps(env['versions'])}  {date}")
+    print(f"{'variant':32} {'tok/s':>8} {'x ref':>6} {'peak GiB':>9} {'loss':>8} {'vs stock':>9}")
+    for r in rows:
+        if "tokens_per_s" in r:
+            rel = r["loss_rel_vs_stock"]
+            print(f"{r['variant']:32} {r['tokens_per_s']:8.0f} {r['ratio_vs_reference'] or 0:6.2f} "
+                  f"{r['peak_gib'] or 0:9.2f} {r['loss']:8.4f} {'' if rel is None else f'{rel:+.2%}':>9}")
+        else:
+            print(f"{r['variant']:32} FAILED: {r['error'][:80]}")
+
+
+if __name__ == "__main__":
+    main()

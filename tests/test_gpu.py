@@ -1,0 +1,109 @@
+"""GPU correctness of the Phi-2 QLoRA recipes at full Phi-2 shape (random weights). Opt-in: `make test-gpu`.
+
+Each training run is a `bench/train_throughput.py --child` process, so the T4 memory cap and the peak reading belong to
+that run alone. SUMTUNE_GPU_STEPS sets the steps (the issue asks for 200); SUMTUNE_ASSETS the folder with phi-2/ and
+xsum_test_sample_500.jsonl (default ../shared); SUMTUNE_GPU_WORK the scratch folder for the model and data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "train_throughput.py"
+STEPS = int(os.environ.get("SUMTUNE_GPU_STEPS", "200"))
+WORK = Path(os.environ.get("SUMTUNE_GPU_WORK", "/tmp/sumtune-gpu-tests"))
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def assets():
+    return _bench().build_assets(Path(os.environ.get("SUMTUNE_ASSETS", ROOT.parent / "shared")), WORK, tiny=False)
+
+
+def _train(variant: str, steps: int, *extra: str) -> dict:
+    argv = [sys.executable, str(BENCH), "--child", variant, "--work", str(WORK), "--steps", str(steps - 1),
+            "--warmup", "1", *extra]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("variant", ["qlora-t4", "qlora"])
+def test_recipe_trains_with_finite_loss_and_grad_norm(assets, variant):
+    result = _train(variant, STEPS)
+    assert len(result["losses"]) == STEPS
+    assert all(math.isfinite(x) for x in result["losses"]), result["losses"]
+    assert all(g is not None and math.isfinite(g) for g in result["grad_norms"]), result["grad_norms"]
+
+
+def test_t4_recipe_peak_under_14_gib_at_max_length_1024(assets):
+    # The longest rows only (all near max_length 1024), under the T4's ~15 GiB: the worst batch the recipe can see.
+    result = _train("qlora-t4-long", 3)
+    assert result["peak_gib"] < 14.0, result
+
+
+def test_padding_free_attention_respects_example_boundaries():
+    """Two examples packed in one row (TRL's padding-free collator) give the same logits as each alone under SDPA."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    torch.manual_seed(0)
+    config = PhiConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, partial_rotary_factor=0.4, resid_pdrop=0.0, embd_pdrop=0.0,
+                       attn_implementation="sdpa")
+    model = PhiForCausalLM(config).cuda().eval()
+    a, b = torch.randint(0, 256, (1, 37), device="cuda"), torch.randint(0, 256, (1, 23), device="cuda")
+    packed = torch.cat([a, b], dim=1)
+    positions = torch.cat([torch.arange(37), torch.arange(23)]).unsqueeze(0).cuda()
+    with torch.no_grad():
+        alone = torch.cat([model(a, use_cache=False).logits, model(b, use_cache=False).logits], dim=1)
+        together = model(packed, position_ids=positions, use_cache=False).logits
+        leaky = model(packed, use_cache=False).logits
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+    assert (leaky[:, 37:] - alone[:, 37:]).abs().max() > 1e-2  # the check can see leakage
+
+
+def test_merge_parity_on_gpu(assets, tmp_path):
+    from peft import PeftModel
+
+    from sumtune.config import parse_args
+    from sumtune.merge import merge_adapter
+    from sumtune.modeling import load_model, load_tokenizer
+
+    model_dir, _, _ = assets
+    adapter = tmp_path / "adapter"
+    _train("qlora", 3, "--save_adapter", str(adapter))
+    load_tokenizer(str(model_dir), "prompts/chat_template.jinja").save_pretrained(adapter)
+    _, _, _, model_args = parse_args(["--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", str(model_dir)])
+    merged_dir = merge_adapter(model_args, str(adapter), tmp_path / "merged")
+
+    ids = torch.randint(0, 50000, (2, 128), device="cuda")
+    with torch.no_grad():
+        base = load_model(model_args, quantize=False, device="cuda")
+        base_logits = base(ids).logits.float()
+        unmerged = PeftModel.from_pretrained(base, str(adapter))(ids).logits.float()
+        del base
+        model_args.model_name_or_path = str(merged_dir)
+        merged = load_model(model_args, quantize=False, device="cuda")(ids).logits.float()
+    delta = (unmerged - base_logits).norm()
+    assert delta > 0, "the adapter changed nothing: parity would be vacuous"
+    assert (merged - unmerged).norm() / unmerged.norm() < 2e-2
+    assert (merged.argmax(-1) == unmerged.argmax(-1)).float().mean() > 0.98
