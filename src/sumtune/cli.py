@@ -28,7 +28,8 @@ def run(main: Callable[[], object]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except torch.OutOfMemoryError:
-        print("error: out of GPU memory. Training: lower per_device_train_batch_size and raise "
-              "gradient_accumulation_steps by the same factor, or turn on gradient_checkpointing; evaluation: lower "
-              "generation_batch_size. Re-run the same command: both resume where they stopped.", file=sys.stderr)
+        print("error: out of GPU memory. Training: turn on gradient_checkpointing, or lower "
+              "per_device_train_batch_size and raise gradient_accumulation_steps by the same factor (in a new "
+              "--output_dir: another batch size cannot resume old checkpoints). Evaluation: lower "
+              "generation_batch_size and re-run; it resumes where it stopped.", file=sys.stderr)
         sys.exit(1)
