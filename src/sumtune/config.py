@@ -34,6 +34,7 @@ class RunError(RuntimeError):
 
 T4_RECIPE = "recipes/phi-2/qlora-t4.yaml"
 CPU_RECIPE = "recipes/tiny/demo.yaml"
+RECIPE_FOR_PRECISION = {"bf16": "recipes/phi-2/qlora.yaml", "fp16": T4_RECIPE, "no": CPU_RECIPE, "fp8": "none yet"}
 # Checkpoints (adapter + optimizer state) and the adapter stay far below this; a disk with less is nearly full.
 MIN_FREE_BYTES = 512 * 2**20
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -90,6 +91,17 @@ class EvalArguments:
 
 
 
+@dataclass
+class TrainArguments(SFTConfig):
+    """TRL's SFTConfig plus the global batch, so a recipe trains the same on any number of GPUs."""
+
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences per optimizer step over all processes; gradient_accumulation_steps is then "
+                          "derived as global_batch_size / (per_device_train_batch_size x processes)."},
+    )
+
+
 def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
     """Collect every inconsistency and raise once (litgpt's validate_args style)."""
     problems = []
@@ -114,6 +126,13 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
                         f"(see {T4_RECIPE}), on Ampere or newer use `bf16: true`.")
     if training_args.bf16 and model_args.dtype == "float16":
         problems.append("`bf16: true` with `dtype: float16` mixes two half precisions: set `dtype: bfloat16`.")
+    if training_args.global_batch_size is not None:
+        if training_args.global_batch_size % training_args.per_device_train_batch_size:
+            problems.append(f"`global_batch_size` ({training_args.global_batch_size}) must be a multiple of "
+                            f"`per_device_train_batch_size` ({training_args.per_device_train_batch_size}).")
+        if training_args.gradient_accumulation_steps != 1:
+            problems.append("Set either `global_batch_size` (accumulation is then derived from the number of "
+                            "processes) or `gradient_accumulation_steps`, not both.")
     if model_args.load_in_4bit and model_args.load_in_8bit:
         problems.append("Both `load_in_4bit` and `load_in_8bit` are set: choose one.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
@@ -216,10 +235,10 @@ def _argparse_error(message: str):
     raise ConfigError(f"{message}. Fix the command-line flag; `python train.py --help` lists every option.")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, EvalArguments, SFTConfig, ModelConfig]:
+def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, EvalArguments, TrainArguments, ModelConfig]:
     """Parse `--config recipe.yaml` plus CLI overrides into the four dataclasses; unknown keys are fatal."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser((DataArguments, EvalArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((DataArguments, EvalArguments, TrainArguments, ModelConfig))
     parser.error = _argparse_error  # one `error:` line instead of argparse's usage dump
     # TRL defaults to bf16=True, which fails on CPUs and T4s before any recipe is read; precision is the recipe's
     # choice, so the project default is full precision and every GPU recipe sets fp16 or bf16 explicitly.
@@ -260,6 +279,37 @@ def check_precision(training_args: SFTConfig, model_args: ModelConfig, training:
         flag = "fp16" if training_args.fp16 else "bf16"
         raise ConfigError(f"`{flag}: true` (mixed precision) needs a CUDA GPU and none is visible: on a CPU set "
                           f"`{flag}: false` and `dtype: float32` (see {CPU_RECIPE}).")
+    if training:
+        check_launcher_precision(training_args)
+        check_fsdp(model_args)
+
+
+def check_launcher_precision(training_args: SFTConfig) -> None:
+    """`accelerate launch` exports its config's mixed_precision; the Trainer lets the recipe's fp16/bf16 win, or the
+    launcher's when the recipe sets neither (a full-precision recipe would silently train in bf16), so both must agree.
+    """
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched is None:  # plain `python train.py`: the recipe alone decides
+        return
+    recipe = "fp16" if training_args.fp16 else "bf16" if training_args.bf16 else "no"
+    if launched != recipe:
+        asks = f"`{recipe}: true`" if recipe != "no" else "full precision (neither `fp16` nor `bf16`)"
+        raise ConfigError(f"The accelerate config has `mixed_precision: {launched}` but the recipe asks for {asks}. "
+                          f"Change `mixed_precision` in the --config_file given to accelerate launch to {recipe!r} "
+                          f"(or pass `accelerate launch --mixed_precision {recipe}`), or use a recipe made for "
+                          f"{launched} such as {RECIPE_FOR_PRECISION[launched]}.")
+
+
+def check_fsdp(model_args: ModelConfig) -> None:
+    """FSDP flattens and shards float tensors only: 4-bit weights must be packed in the compute dtype."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true", "yes"):
+        return
+    if model_args.load_in_8bit:
+        raise ConfigError("FSDP cannot shard an 8-bit base: use `load_in_4bit: true` (see "
+                          "recipes/phi-2/qlora-fsdp.yaml) or a DDP accelerate config.")
+    if model_args.load_in_4bit and model_args.bnb_4bit_quant_storage != model_args.dtype:
+        raise ConfigError(f"FSDP with a 4-bit base needs `bnb_4bit_quant_storage: {model_args.dtype}` (the same "
+                          f"as `dtype`), got {model_args.bnb_4bit_quant_storage!r}: see recipes/phi-2/qlora-fsdp.yaml.")
 
 
 def check_free_disk(path: str | Path, needed: int = MIN_FREE_BYTES, what: str = "checkpoints") -> None:

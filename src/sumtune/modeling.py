@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from accelerate import PartialState
@@ -52,8 +53,12 @@ def model_init_kwargs(model_args: ModelConfig, quantize: bool = True) -> dict:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if quantize and (model_args.load_in_4bit or model_args.load_in_8bit):
         kwargs["quantization_config"] = get_quantization_config(model_args)
-        # Quantized weights are placed at load time: one whole copy per process, on that process's GPU (DDP).
-        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
+        # DDP: quantized weights are placed at load time, one whole copy per process on that process's GPU.
+        # FSDP: load on the CPU (device_map None) and let FSDP shard the weights and move each shard to its GPU;
+        # a device_map would put the whole 4-bit model on every GPU first.
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+        if torch.cuda.is_available() and not fsdp:
+            kwargs["device_map"] = {"": PartialState().local_process_index}
     return kwargs
 
 

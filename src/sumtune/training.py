@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -35,8 +36,9 @@ RESUME_KEYS = {
     "model": ("model_name_or_path", "model_revision", "dtype", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
               "use_bnb_nested_quant", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
     "training": ("learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
-                 "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "optim",
-                 "weight_decay", "max_grad_norm", "max_length", "fp16", "bf16", "packing", "completion_only_loss"),
+                 "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size", "seed", "data_seed",
+                 "optim", "weight_decay", "max_grad_norm", "max_length", "fp16", "bf16", "packing",
+                 "completion_only_loss"),
 }
 # The fp16 grad scaler skips a step with inf/NaN gradients and halves its scale; this many skips in a row take the
 # scale from 2**16 below 2**-8, past any overflow the scaler can absorb.
@@ -140,6 +142,23 @@ def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer):
     return load_prepared(target)
 
 
+def resolve_global_batch(training_args: SFTConfig) -> int:
+    """Derive gradient_accumulation_steps from `global_batch_size` when the recipe sets it; log the global batch."""
+    processes = training_args.world_size
+    per_step = training_args.per_device_train_batch_size * processes
+    wanted = getattr(training_args, "global_batch_size", None)
+    if wanted is not None:
+        if wanted % per_step:
+            raise ConfigError(f"`global_batch_size` ({wanted}) is not a multiple of per_device_train_batch_size "
+                              f"({training_args.per_device_train_batch_size}) x {processes} processes = {per_step}: "
+                              "change global_batch_size, per_device_train_batch_size or the number of processes.")
+        training_args.gradient_accumulation_steps = wanted // per_step
+    total = per_step * training_args.gradient_accumulation_steps
+    logger.info("Global batch: %d per device x %d accumulation steps x %d processes = %d sequences per optimizer step",
+                training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps, processes, total)
+    return total
+
+
 def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
     check_precision(training_args, model_args, training=True)
     check_model_source(model_args.model_name_or_path)
@@ -152,6 +171,7 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     columns = ["prompt", "completion"]
     train_dataset = dataset["train"].select_columns(columns)
     eval_dataset = dataset["validation"].select_columns(columns) if training_args.eval_strategy != "no" else None
+    resolve_global_batch(training_args)
     model = load_model(model_args)
     trainer = GuardedSFTTrainer(
         model=model,
@@ -194,6 +214,11 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
     """Everything that can be checked before a model is loaded; returns the checkpoint to resume from, if any."""
     output_dir = Path(training_args.output_dir)
     check_precision(training_args, model_args, training=True)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:
+        raise ConfigError(f"{launched} processes were launched but they did not join one process group (each would "
+                          "train alone on its own copy of the data): on a machine without GPUs add `--use_cpu true` "
+                          "to the train.py arguments (accelerate's multi-process launcher does not pass `use_cpu` on).")
     check_model_source(model_args.model_name_or_path)
     if (output_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
         raise ConfigError(f"{output_dir / ADAPTER_DIR} already holds a finished adapter: pass a new --output_dir, "
