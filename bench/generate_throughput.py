@@ -43,7 +43,6 @@ def parse_args():
     p.add_argument("--max-length", type=int, default=1024, help="Prompt + reference summary + EOS budget.")
     p.add_argument("--budgets", default="65536,131072", help="max_batch_tokens values for the project path.")
     p.add_argument("--batch-size", type=int, default=1024, help="Row cap per batch for the project path.")
-    p.add_argument("--eager", action="store_true", help="Also time the project path without CUDA graphs.")
     p.add_argument("--static", action="store_true", help="Also time generate() with a static KV cache (no compile).")
     p.add_argument("--compile-rows", type=int, default=0, help="Also time static cache + torch.compile on N rows.")
     p.add_argument("--skip", default="", help="Comma-separated variants to skip (stock_b1, stock_b64, nf4, ...).")
@@ -169,7 +168,7 @@ def main():
         return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
                                    min_new_tokens=args.new_tokens, **kwargs))
 
-    graph = "own greedy loop, preallocated KV cache, decode step replayed as a CUDA graph"
+    loop = "own greedy loop, KV cache preallocated per batch"
 
     stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
     if "stock_b1" not in skip:
@@ -184,18 +183,13 @@ def main():
                batching="batch 64, dataset order, left-padded")
     if "sorted_b64" not in skip:
         out, s, mem = timed(device, lambda: project(model, None, batch_size=64))
-        record("project_bf16_sorted_b64", False, out, s, mem, "bf16_b1", decode=graph,
+        record("project_bf16_sorted_b64", False, out, s, mem, "bf16_b1", decode=loop,
                batching="batch 64, sorted by length")
     budgets = [int(b) for b in args.budgets.split(",") if b]
     for budget in budgets:
         out, s, mem = timed(device, lambda b=budget: project(model, b))
-        record(f"project_bf16_tokens{budget}", False, out, s, mem, "bf16_b1", decode=graph,
+        record(f"project_bf16_tokens{budget}", False, out, s, mem, "bf16_b1", decode=loop,
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
-    if args.eager:
-        out, s, mem = timed(device, lambda: project(model, budgets[-1], cuda_graph=False))
-        record(f"project_bf16_tokens{budgets[-1]}_eager", False, out, s, mem, "bf16_b1",
-               decode="own greedy loop, preallocated KV cache, eager (no CUDA graph)",
-               batching=f"sorted, max_batch_tokens={budgets[-1]}, batch_size<={args.batch_size}")
     if args.static:
         out, s, mem = timed(device, lambda: project(model, budgets[0], cache_implementation="static",
                                                     disable_compile=True))
@@ -230,7 +224,7 @@ def main():
                    batching="batch 1, dataset order")
         budget = budgets[-1]
         out, s, mem = timed(device, lambda: project(model, budget))
-        record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=graph,
+        record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
 
 

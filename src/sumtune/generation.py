@@ -2,9 +2,9 @@
 
 Sorting keeps padding small, and the token budget (rows x (longest prompt + new tokens), the KV cache's size) lets
 short prompts travel in large batches while long ones stay within memory. Greedy decoding runs its own loop over a
-preallocated KV cache, so on a GPU each decode step is one CUDA-graph replay: eager `generate()` spends most of a
-decode step launching kernels from Python. Beam search and extra `generate()` options go through `generate()`.
-Measured in bench/results/generate_throughput.md.
+KV cache allocated once per batch: `generate()`'s growing cache copies the whole cache at every step (2x slower on an
+H200). Beam search and extra `generate()` options go through `generate()`. A CUDA graph of the decode step and
+torch.compile were measured and did not pay: see bench/results/generate_throughput.md.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def token_budget_batches(lengths: list[int], max_new_tokens: int, batch_size: in
 
 
 class SlotCache:
-    """Fixed-size KV cache written at `slots` (a device tensor the caller moves), so a decode step can be captured
-    once as a CUDA graph and replayed. Attention reads the whole buffer; the caller's 4D mask hides unwritten slots.
+    """Fixed-size KV cache written in place at `slots` (a device tensor the caller moves, so no step syncs the host).
+    Attention reads the whole buffer; the caller's 4D mask hides unwritten slots.
 
     Duck-typed, not a `transformers.Cache`: the model only calls `update`, and the mask helpers then skip the
     per-layer bookkeeping whose attributes change between transformers versions."""
@@ -59,8 +59,8 @@ class SlotCache:
 
 
 @torch.inference_mode()
-def greedy_batch(model, input_ids, attention_mask, max_new_tokens: int, eos: int, pad: int, min_new_tokens: int = 0,
-                 cuda_graph: bool = True) -> torch.Tensor:
+def greedy_batch(model, input_ids, attention_mask, max_new_tokens: int, eos: int, pad: int,
+                 min_new_tokens: int = 0) -> torch.Tensor:
     """Greedy continuation of a left-padded batch: (rows, max_new_tokens) token ids, `pad` after each row's EOS.
 
     Same decisions as `generate(do_sample=False)`: positions count real tokens only, EOS is banned for the first
@@ -106,40 +106,17 @@ def greedy_batch(model, input_ids, attention_mask, max_new_tokens: int, eos: int
         choose(causal_lm.lm_head(hidden[:, -1]).float())
 
     choose(logits)
-    graph = None
-    for t in range(1, max_new_tokens):
+    for _ in range(1, max_new_tokens):
         if bool(done.all()):
             break
-        if graph is not None:
-            graph.replay()
-        elif t == 2 and cuda_graph and device.type == "cuda":
-            graph = _capture(decode)  # step 1 ran eagerly: the warm-up capture needs
-            if graph is None:
-                cuda_graph = False
-                decode()
-            else:
-                graph.replay()
-        else:
-            decode()
+        decode()
     return out
-
-
-def _capture(fn):
-    """A CUDA graph of `fn`, which it does not run, or None where capture fails (some quantized kernels)."""
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            fn()
-    except RuntimeError as err:
-        logger.warning("CUDA graph capture failed (%s); decoding eagerly.", err)
-        return None
-    return graph
 
 
 @torch.inference_mode()
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
-                   cuda_graph: bool = True, **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
+                   **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
@@ -159,7 +136,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         # it stops a batch once every row has emitted EOS (finished rows are filled with pad).
         if num_beams == 1 and not generate_kwargs:
             new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"], max_new_tokens, eos, pad,
-                               min_new_tokens, cuda_graph)
+                               min_new_tokens)
         else:
             new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                  num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
