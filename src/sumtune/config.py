@@ -83,7 +83,14 @@ class EvalArguments:
     eval_split: str = field(default="test", metadata={"help": "Which split evaluate.py scores."})
     max_new_tokens: int = 64
     num_beams: int = field(default=1, metadata={"help": "1 = greedy decoding; >1 = beam search."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Rows generated per batch."})
+    generation_batch_size: int = field(default=256, metadata={"help": "Most rows in one generation batch."})
+    generation_max_batch_tokens: int | None = field(
+        default=65536,
+        metadata={"help": "Most tokens in one generation batch, counted as rows x (longest prompt + max_new_tokens): "
+                          "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 65536 is about 21 GiB "
+                          "(measured fastest on an H200, bench/results/generate_throughput.md); lower it on smaller "
+                          "GPUs. None: batches of generation_batch_size rows."},
+    )
     bootstrap_samples: int = field(default=1000, metadata={"help": "Resamples for the 95%% confidence intervals."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "merge.py, evaluate.py: replace an existing output made with other settings."}
@@ -119,6 +126,9 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
         problems.append(f"`num_beams` must be at least 1, got {eval_args.num_beams}.")
     if eval_args.generation_batch_size < 1:
         problems.append(f"`generation_batch_size` must be at least 1, got {eval_args.generation_batch_size}.")
+    if eval_args.generation_max_batch_tokens is not None and eval_args.generation_max_batch_tokens < 1:
+        problems.append("`generation_max_batch_tokens` must be a positive token count (or unset), got "
+                        f"{eval_args.generation_max_batch_tokens}.")
     if training_args.fp16 and training_args.bf16:
         problems.append("Both `fp16` and `bf16` are set: choose one (fp16 on a T4, bf16 on Ampere or newer).")
     if training_args.fp16 and model_args.dtype == "bfloat16":

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -193,14 +194,19 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
         with partial.open("ab") as handle:
             if handle.tell() == 0:
                 handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
+            last_sync = time.monotonic()
             for j, text in iter_summaries(model, tokenizer, [prompts[i] for i in missing], eval_args.max_new_tokens,
-                                          eval_args.num_beams, eval_args.generation_batch_size):
+                                          eval_args.num_beams, eval_args.generation_batch_size,
+                                          max_batch_tokens=eval_args.generation_max_batch_tokens):
                 index = missing[j]
                 line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
                 handle.write((line + "\n").encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())  # a preempted machine keeps what was made
+                handle.flush()  # a killed process keeps every finished line
+                if time.monotonic() - last_sync > 1.0:  # a preempted machine keeps all but the last second
+                    os.fsync(handle.fileno())
+                    last_sync = time.monotonic()
                 done[index] = text
+            os.fsync(handle.fileno())
     return [done[i] for i in range(len(prompts))]
 
 
