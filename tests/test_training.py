@@ -72,3 +72,24 @@ def test_train_saves_adapter_with_tokenizer_prompt_and_config(tiny_model_dir, da
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     assert {"train/loss", "train/learning_rate", "train/grad_norm"} <= tags
+
+
+def test_rouge_is_logged_at_each_evaluation(tiny_model_dir, data_dir, tmp_path, in_repo):
+    data_args, eval_args, training_args, model_args = recipe_args(
+        tiny_model_dir, data_dir, tmp_path / "run", "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps",
+        "2", "--rouge_eval_samples", "3", "--max_new_tokens", "6", "--report_to", "tensorboard")
+    trainer = build_trainer(data_args, training_args, model_args, eval_args)
+    padding_side = trainer.processing_class.padding_side
+    trainer.train()
+    rouge = [entry for entry in trainer.state.log_history if "eval_rouge1" in entry]
+    assert [entry["step"] for entry in rouge] == [2, 4]
+    assert all(0 <= entry["eval_rouge1"] <= 100 and entry["eval_rouge_seconds"] > 0 for entry in rouge)
+    assert trainer.processing_class.padding_side == padding_side  # training data is padded on the right again
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for event_file in (tmp_path / "run").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"eval/rouge1", "eval/rouge2", "eval/rougeL", "eval/loss"} <= tags

@@ -91,6 +91,11 @@ class EvalArguments:
                           "(measured fastest on an H200, bench/results/generate_throughput.md); lower it on smaller "
                           "GPUs. None: batches of generation_batch_size rows."},
     )
+    rouge_eval_samples: int = field(
+        default=0,
+        metadata={"help": "train.py: at each evaluation, generate for this many validation rows (a fixed seeded "
+                          "subset) and log ROUGE-1/2/L to TensorBoard; 0 or `eval_strategy: no` turns it off."},
+    )
     bootstrap_samples: int = field(default=1000, metadata={"help": "Resamples for the 95%% confidence intervals."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "merge.py, evaluate.py: replace an existing output made with other settings."}
@@ -120,6 +125,8 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
         problems.append("Give either `--predictions_file` or `--baseline`, not both.")
     if eval_args.adapter_path and (eval_args.predictions_file or eval_args.baseline):
         problems.append("`--adapter_path` applies to a model, not to `--predictions_file` or `--baseline`: drop one.")
+    if eval_args.rouge_eval_samples < 0:
+        problems.append(f"`rouge_eval_samples` must be 0 (off) or a row count, got {eval_args.rouge_eval_samples}.")
     if eval_args.max_new_tokens <= 0:
         problems.append(f"`max_new_tokens` must be positive, got {eval_args.max_new_tokens}.")
     if eval_args.num_beams < 1:

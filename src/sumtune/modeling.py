@@ -88,3 +88,19 @@ def upcast_trainable_params(model) -> int:
             param.data = param.data.float()
             cast += 1
     return cast
+
+
+def keep_4bit_weights_trainable_on_cpu(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, a `Linear4bit` run in eval mode without gradients (evaluation, ROUGE generation)
+    repacks its weight in place for a faster gemv, and the training forward that follows then fails
+    (`a view of a leaf Variable that requires grad is being used in an in-place operation`, bitsandbytes 0.50).
+    GPUs never repack. Returns the number of layers changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

@@ -16,10 +16,19 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from .config import ConfigError, DataArguments, RunError, check_free_disk, check_model_source, check_precision
-from .data import is_prepared, load_prepared, prepare_datasets, prepared_stats, save_prepared
+from .callbacks import RougeCallback
+from .config import (
+    ConfigError,
+    DataArguments,
+    EvalArguments,
+    RunError,
+    check_free_disk,
+    check_model_source,
+    check_precision,
+)
+from .data import is_prepared, load_prepared, prepare_datasets, prepared_stats, save_prepared, subsample
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
-from .modeling import load_model, load_tokenizer, upcast_trainable_params
+from .modeling import keep_4bit_weights_trainable_on_cpu, load_model, load_tokenizer, upcast_trainable_params
 from .prompts import read_text
 
 logger = logging.getLogger(__name__)
@@ -159,7 +168,8 @@ def resolve_global_batch(training_args: SFTConfig) -> int:
     return total
 
 
-def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
+def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig,
+                  eval_args: EvalArguments | None = None) -> SFTTrainer:
     check_precision(training_args, model_args, training=True)
     check_model_source(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
@@ -182,9 +192,20 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
         peft_config=get_peft_config(model_args),
         guard=NonFiniteGuard(),
     )
+    if not torch.cuda.is_available():
+        keep_4bit_weights_trainable_on_cpu(trainer.model)
     if training_args.fp16:
         cast = upcast_trainable_params(trainer.model)
         logger.info("fp16: kept %d trainable tensors in fp32 for the grad scaler", cast)
+    if eval_args is not None and eval_args.rouge_eval_samples and eval_dataset is not None:
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
+            logger.warning("rouge_eval_samples is not supported under FSDP; evaluate.py scores the adapter instead.")
+        else:
+            subset = subsample(dataset["validation"], eval_args.rouge_eval_samples, training_args.seed)
+            trainer.add_callback(RougeCallback(
+                trainer, subset["prompt"], subset["summary"], eval_args.max_new_tokens,
+                eval_args.generation_batch_size, eval_args.generation_max_batch_tokens,
+            ))
     return trainer
 
 
@@ -241,7 +262,8 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
     return checkpoint
 
 
-def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> Path:
+def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig,
+          eval_args: EvalArguments | None = None) -> Path:
     """Train (resuming from the last complete checkpoint in output_dir if any) and save the adapter; returns its
     folder. The adapter folder appears only when complete (built in `adapter.tmp`, then renamed)."""
     output_dir = Path(training_args.output_dir)
@@ -254,7 +276,7 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
     if is_main and checkpoint is None:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(output_dir / RUN_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
-    trainer = build_trainer(data_args, training_args, model_args)
+    trainer = build_trainer(data_args, training_args, model_args, eval_args)
     # TRL leaves QLoRA adapters in bf16, but PEFT reloads a checkpoint's adapter in fp32: without this a resumed run
     # would continue in another precision than an uninterrupted one (and bf16 master weights lose small updates).
     upcast_trainable_params(trainer.model)
