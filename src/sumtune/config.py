@@ -91,6 +91,9 @@ class EvalArguments:
                           "(measured fastest on an H200, bench/results/generate_throughput.md); lower it on smaller "
                           "GPUs. None: batches of generation_batch_size rows."},
     )
+    input_file: str | None = field(
+        default=None, metadata={"help": "summarize.py: the article to summarize (a text file); unset or `-`: stdin."}
+    )
     rouge_eval_samples: int = field(
         default=0,
         metadata={"help": "train.py: at each evaluation, generate for this many validation rows (a fixed seeded "

@@ -1,0 +1,54 @@
+"""Summarize one article (a text file or stdin) with a merged model or a base model + adapter, using the same
+prompt and generation settings as evaluate.py.
+
+    python summarize.py --config recipes/phi-2/qlora.yaml --model_name_or_path outputs/phi-2-xsum-qlora/merged \
+        --load_in_4bit false --input_file article.txt
+    cat article.txt | python summarize.py --config recipes/phi-2/qlora.yaml \
+        --adapter_path outputs/phi-2-xsum-qlora/adapter          # adapter on the 4-bit base
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from sumtune.cli import run
+from sumtune.config import ConfigError, check_adapter, check_model_source, parse_args
+from sumtune.data import fit_to_budget
+from sumtune.generation import generate_summaries
+from sumtune.modeling import load_model, load_tokenizer
+from sumtune.prompts import read_text
+
+
+def main():
+    data_args, eval_args, training_args, model_args = parse_args()
+    if eval_args.input_file in (None, "-"):
+        article = sys.stdin.read()
+    elif Path(eval_args.input_file).is_file():
+        article = Path(eval_args.input_file).read_text(encoding="utf-8")
+    else:
+        raise ConfigError(f"Input file not found: {eval_args.input_file}. Pass a text file or pipe the article in.")
+    if not article.strip():
+        raise ConfigError("The article is empty: pass a text file with --input_file or pipe one in.")
+    check_model_source(model_args.model_name_or_path)
+    if eval_args.adapter_path:
+        check_adapter(eval_args.adapter_path, model_args.model_name_or_path)
+    tokenizer = load_tokenizer(eval_args.adapter_path or model_args.model_name_or_path,
+                               training_args.chat_template_path, padding_side="left")
+    instruction = read_text(data_args.instruction_path, "Instruction file")
+    # Room for the summary: the article is cut so that prompt + max_new_tokens fit max_length.
+    fitted = fit_to_budget(tokenizer, instruction, article, "", training_args.max_length - eval_args.max_new_tokens)
+    if fitted is None:
+        raise ConfigError(f"max_length={training_args.max_length} leaves no room for the prompt and "
+                          f"max_new_tokens={eval_args.max_new_tokens}: raise --max_length.")
+    model = load_model(model_args, device="cuda" if torch.cuda.is_available() else None)
+    if eval_args.adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, eval_args.adapter_path)
+    summary, = generate_summaries(model, tokenizer, [fitted["prompt"]], eval_args.max_new_tokens, eval_args.num_beams)
+    print(summary)
+
+
+if __name__ == "__main__":
+    run(main)
