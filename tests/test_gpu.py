@@ -82,6 +82,9 @@ def test_padding_free_attention_respects_example_boundaries():
 
 
 def test_merge_parity_on_gpu(assets, tmp_path):
+    """Merged weights give the logits of base + adapter, compared in fp32 where rounding is negligible.
+
+    In bf16 (the recipe's dtype) merged and unmerged logits differed by 3.4% (relative norm; H200, 2026-11-27)."""
     from peft import PeftModel
 
     from sumtune.config import parse_args
@@ -92,18 +95,18 @@ def test_merge_parity_on_gpu(assets, tmp_path):
     adapter = tmp_path / "adapter"
     _train("qlora", 3, "--save_adapter", str(adapter))
     load_tokenizer(str(model_dir), "prompts/chat_template.jinja").save_pretrained(adapter)
-    _, _, _, model_args = parse_args(["--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", str(model_dir)])
+    _, _, _, model_args = parse_args(["--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", str(model_dir),
+                                      "--dtype", "float32"])
     merged_dir = merge_adapter(model_args, str(adapter), tmp_path / "merged")
 
     ids = torch.randint(0, 50000, (2, 128), device="cuda")
     with torch.no_grad():
-        base = load_model(model_args, quantize=False, device="cuda")
-        base_logits = base(ids).logits.float()
-        unmerged = PeftModel.from_pretrained(base, str(adapter))(ids).logits.float()
+        base = load_model(model_args, quantize=False, device="cuda").eval()
+        base_logits = base(ids).logits
+        unmerged = PeftModel.from_pretrained(base, str(adapter)).eval()(ids).logits
         del base
         model_args.model_name_or_path = str(merged_dir)
-        merged = load_model(model_args, quantize=False, device="cuda")(ids).logits.float()
-    delta = (unmerged - base_logits).norm()
-    assert delta > 0, "the adapter changed nothing: parity would be vacuous"
-    assert (merged - unmerged).norm() / unmerged.norm() < 2e-2
-    assert (merged.argmax(-1) == unmerged.argmax(-1)).float().mean() > 0.98
+        merged = load_model(model_args, quantize=False, device="cuda").eval()(ids).logits
+    error = (merged - unmerged).norm()
+    assert error / unmerged.norm() < 1e-3
+    assert (unmerged - base_logits).norm() > 10 * error, "the adapter changed too little for parity to mean anything"
