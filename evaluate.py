@@ -4,6 +4,7 @@
         --load_in_4bit false --dataset_name outputs/phi-2-xsum/data --output_dir outputs/phi-2-xsum/eval/merged
     python evaluate.py --predictions_file predictions.jsonl --output_dir eval/   # score an existing file
     python evaluate.py --baseline lead --dataset_name test.jsonl --output_dir eval/lead
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml evaluate.py ...   # one share per GPU
 """
 
 from sumtune.cli import run
@@ -14,6 +15,8 @@ from sumtune.evaluation import evaluate, format_table
 def main():
     data_args, eval_args, training_args, model_args = parse_args()
     metrics = evaluate(data_args, eval_args, training_args, model_args)
+    if metrics is None:  # not the main process: it wrote and reports the results
+        return
     print(format_table({metrics["mode"]: metrics}))
     print(f"{metrics['num_rows']} rows; metrics written to {training_args.output_dir}/metrics.json")
 

@@ -3,10 +3,16 @@
 Model predictions are appended to `predictions.partial.jsonl` and flushed as they are made; a killed evaluation,
 run again with the same settings, generates only the rows that are missing. The final files are written in
 dataset order through temporary files, metrics.json last: its presence marks a complete evaluation.
+
+Under `accelerate launch` each process generates its own share of the missing rows (dealt by prompt length, so
+every share costs about the same) into its own partial file, `predictions.partial.rank<N>.jsonl` beyond rank 0;
+the main process then merges them and alone writes the final files. A re-run reads every partial file, so it
+resumes whatever number of processes wrote them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,10 +20,18 @@ import os
 import time
 from pathlib import Path
 
-import torch
+from accelerate import PartialState
 from trl import ModelConfig, SFTConfig
 
-from .config import ConfigError, DataArguments, EvalArguments, check_adapter, check_model_source, check_precision
+from .config import (
+    ConfigError,
+    DataArguments,
+    EvalArguments,
+    RunError,
+    check_adapter,
+    check_model_source,
+    check_precision,
+)
 from .data import fit_to_budget, is_prepared, load_prepared, load_raw_split, standardize, subsample
 from .generation import iter_summaries
 from .manifest import (
@@ -37,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.jsonl"
 PARTIAL_FILE = "predictions.partial.jsonl"
+PARTIAL_PREFIX = "predictions.partial"
 METRICS_FILE = "metrics.json"
 
 
@@ -45,7 +60,7 @@ def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Predictions file not found: {path}.")
-    if path.name.endswith(TMP_SUFFIX) or path.name == PARTIAL_FILE:
+    if path.name.endswith(TMP_SUFFIX) or path.name.startswith(PARTIAL_PREFIX):
         raise ConfigError(f"{path} is an unfinished predictions file: re-run evaluate.py with the same settings to "
                           f"complete it, then score {PREDICTIONS_FILE}.")
     rows = []
@@ -120,38 +135,81 @@ def model_fingerprint(path: str) -> str | None:
     return rows_fingerprint({"name": p.name, "size": p.stat().st_size, "mtime": p.stat().st_mtime_ns} for p in files)
 
 
-def load_partial(path: Path, run_key: dict, ids: list[str], overwrite: bool) -> dict[int, str]:
-    """Predictions already made by a killed run with the same settings, by row index.
+def partial_path(output_dir: Path, rank: int) -> Path:
+    """The file process `rank` appends to: PARTIAL_FILE for rank 0 and a single process."""
+    return output_dir / (PARTIAL_FILE if rank == 0 else f"{PARTIAL_PREFIX}.rank{rank}.jsonl")
 
-    The first line holds the settings; a last line cut short by the kill is dropped (and cut from the file).
+
+def partial_files(output_dir: Path) -> list[Path]:
+    """Every partial file in output_dir, whatever number of processes wrote them."""
+    return sorted(output_dir.glob(f"{PARTIAL_PREFIX}*.jsonl"))
+
+
+def read_partial(path: Path, run_key: dict, ids: list[str]) -> tuple[dict[int, str] | None, int]:
+    """(predictions by row index, bytes of the whole lines that hold them); None when made with other settings.
+
+    Reads only. The first line holds the settings; a last line cut short by a kill ends the good part.
     """
-    if not path.is_file():
-        return {}
-    lines = path.read_bytes().split(b"\n")
+    data = path.read_bytes()
+    if b"\n" not in data:  # killed before its first line was flushed: nothing made yet
+        return {}, 0
+    lines = data.split(b"\n")
     try:
         header = json.loads(lines[0])
     except (json.JSONDecodeError, UnicodeDecodeError):
         header = None
-    if header is None or header.get("run_key") != run_key:
-        if not overwrite:
-            raise ConfigError(f"{path} holds predictions made with other settings: re-run with the same ones to "
-                              "resume it, pass --overwrite_output_dir true to discard it, or use a new --output_dir.")
-        path.unlink()
-        return {}
+    if not isinstance(header, dict) or header.get("run_key") != run_key:
+        return None, 0
     done, good = {}, len(lines[0]) + 1
     for raw in lines[1:]:
         try:
             row = json.loads(raw)
             index = int(row["index"])
-            if ids[index] != row["id"] or not isinstance(row["prediction"], str):
+            if index < 0 or ids[index] != row["id"] or not isinstance(row["prediction"], str):
                 raise ValueError
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError):
             break  # the line the kill cut short: everything after it is gone too
-        done[index] = row["prediction"]
+        done.setdefault(index, row["prediction"])
         good += len(raw) + 1
+    return done, good
+
+
+def load_partial(path: Path, run_key: dict, ids: list[str], overwrite: bool) -> dict[int, str]:
+    """Predictions already made by a killed run with the same settings, by row index.
+
+    A file made with other settings is an error, or deleted with `overwrite`; a last line cut short by the kill is
+    dropped (and cut from the file, so lines appended later are read).
+    """
+    if not path.is_file():
+        return {}
+    done, good = read_partial(path, run_key, ids)
+    if done is None:
+        if not overwrite:
+            raise ConfigError(f"{path} holds predictions made with other settings: re-run with the same ones to "
+                              "resume it, pass --overwrite_output_dir true to discard it, or use a new --output_dir.")
+        path.unlink()
+        return {}
     if good < path.stat().st_size:
         os.truncate(path, good)
     return done
+
+
+def deal_by_length(lengths: list[int], shares: int) -> list[list[int]]:
+    """Indices into `lengths` dealt into `shares` lists of near-equal count and total length.
+
+    Longest first, dealt back and forth (0, 1, ..., n-1, n-1, ..., 0, ...) so no share always gets the longer of
+    each round."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    dealt: list[list[int]] = [[] for _ in range(shares)]
+    for position, index in enumerate(order):
+        rank, turn = position % shares, position // shares
+        dealt[rank if turn % 2 == 0 else shares - 1 - rank].append(index)
+    return [sorted(share) for share in dealt]
+
+
+def prompt_chars(prompt) -> int:
+    """A prompt's length in characters: proportional to its token count for balancing, without tokenizing."""
+    return sum(len(message["content"]) for message in prompt) if isinstance(prompt, list) else len(prompt)
 
 
 def finished_predictions(output_dir: Path, run_key: dict, ids: list[str]) -> list[str] | None:
@@ -168,8 +226,10 @@ def finished_predictions(output_dir: Path, run_key: dict, ids: list[str]) -> lis
 
 
 def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: EvalArguments,
-                     training_args: SFTConfig, model_args: ModelConfig, output_dir: Path, run_key: dict) -> list[str]:
-    """Every row's prediction, generating only those not already in the partial file, which grows as they come."""
+                     training_args: SFTConfig, model_args: ModelConfig, output_dir: Path, run_key: dict,
+                     state: PartialState) -> list[str] | None:
+    """Every row's prediction, generating only those not already in a partial file; each process generates its
+    share into its own partial file, which grows as they come. Returns them on the main process, None elsewhere."""
     tokenizer = eval_tokenizer(eval_args, training_args, model_args)
     prompts = eval_prompts(rows, prepared, tokenizer, data_args, training_args.max_length)
     ids = [str(i) for i in rows["id"]]
@@ -177,37 +237,89 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
     if finished is not None:
         logger.info("%s already holds all %d predictions made with these settings; rescoring them.", output_dir,
                     len(ids))
-        return finished
-    partial = output_dir / PARTIAL_FILE
-    done = load_partial(partial, run_key, ids, eval_args.overwrite_output_dir)
+        return finished if state.is_main_process else None
+    # Every process reads every partial file before any process changes one, so all agree on what is missing.
+    done, stale = merge_partials(output_dir, run_key, ids)
+    if stale and not eval_args.overwrite_output_dir:
+        raise ConfigError(f"{stale[0]} holds predictions made with other settings: re-run with the same ones to "
+                          "resume it, pass --overwrite_output_dir true to discard it, or use a new --output_dir.")
     missing = [i for i in range(len(prompts)) if i not in done]
-    if done:
+    if done and state.is_main_process:
         logger.info("Resuming: %d of %d predictions already made; generating %d.", len(done), len(prompts),
                     len(missing))
-    if missing:
-        device = "cuda" if torch.cuda.is_available() else None
-        model = load_model(model_args, device=device)
-        if eval_args.adapter_path:
-            from peft import PeftModel
+    share = missing
+    if state.num_processes > 1:
+        dealt = deal_by_length([prompt_chars(prompts[i]) for i in missing], state.num_processes)
+        share = [missing[j] for j in dealt[state.process_index]]
+        logger.info("Process %d of %d: generating %d rows (%d prompt characters).", state.process_index,
+                    state.num_processes, len(share), sum(prompt_chars(prompts[i]) for i in share))
+    state.wait_for_everyone()  # every process has read the partial files
+    if state.is_main_process:  # drop stale files, cut lines a kill left short, so appended lines are read
+        for path in partial_files(output_dir):
+            load_partial(path, run_key, ids, overwrite=True)
+    state.wait_for_everyone()  # before any process appends
+    if share:
+        append_predictions(partial_path(output_dir, state.process_index), run_key, ids, prompts, share, tokenizer,
+                           eval_args, model_args, state)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    done, _ = merge_partials(output_dir, run_key, ids)
+    if len(done) < len(ids):
+        raise RunError(f"{len(ids) - len(done)} of {len(ids)} predictions are missing from the partial files in "
+                       f"{output_dir}: re-run with the same settings to generate them.")
+    return [done[i] for i in range(len(ids))]
 
-            model = PeftModel.from_pretrained(model, eval_args.adapter_path)
-        with partial.open("ab") as handle:
-            if handle.tell() == 0:
-                handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
-            last_sync = time.monotonic()
-            for j, text in iter_summaries(model, tokenizer, [prompts[i] for i in missing], eval_args.max_new_tokens,
-                                          eval_args.num_beams, eval_args.generation_batch_size,
-                                          max_batch_tokens=eval_args.generation_max_batch_tokens):
-                index = missing[j]
-                line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
-                handle.write((line + "\n").encode("utf-8"))
-                handle.flush()  # a killed process keeps every finished line
-                if time.monotonic() - last_sync > 1.0:  # a preempted machine keeps all but the last second
-                    os.fsync(handle.fileno())
-                    last_sync = time.monotonic()
-                done[index] = text
-            os.fsync(handle.fileno())
-    return [done[i] for i in range(len(prompts))]
+
+def merge_partials(output_dir: Path, run_key: dict, ids: list[str]) -> tuple[dict[int, str], list[Path]]:
+    """The predictions of every partial file made with these settings, and the files made with others."""
+    done: dict[int, str] = {}
+    stale = []
+    for path in partial_files(output_dir):
+        found, _ = read_partial(path, run_key, ids)
+        if found is None:
+            stale.append(path)
+        else:
+            done |= {i: p for i, p in found.items() if i not in done}
+    return done, stale
+
+
+def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, share: list[int], tokenizer,
+                       eval_args: EvalArguments, model_args: ModelConfig, state: PartialState) -> None:
+    """Generate the rows `share` and append each to `path` as soon as it is made."""
+    # Each process loads the whole model onto its own GPU (data parallel); on a CPU, where it is now.
+    model = load_model(model_args, device=str(state.device) if state.device.type == "cuda" else None)
+    if eval_args.adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, eval_args.adapter_path)
+    with path.open("ab") as handle:
+        if handle.tell() == 0:
+            handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
+        last_sync = time.monotonic()
+        for j, text in iter_summaries(model, tokenizer, [prompts[i] for i in share], eval_args.max_new_tokens,
+                                      eval_args.num_beams, eval_args.generation_batch_size,
+                                      max_batch_tokens=eval_args.generation_max_batch_tokens):
+            index = share[j]
+            line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
+            handle.write((line + "\n").encode("utf-8"))
+            handle.flush()  # a killed process keeps every finished line
+            if time.monotonic() - last_sync > 1.0:  # a preempted machine keeps all but the last second
+                os.fsync(handle.fileno())
+                last_sync = time.monotonic()
+        os.fsync(handle.fileno())
+
+
+def process_state(training_args: SFTConfig) -> PartialState:
+    """This process's place under `accelerate launch` (one process otherwise); refuses unconnected processes."""
+    state = PartialState(cpu=training_args.use_cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but they did not join one process group (each would "
+                          "evaluate every row and write the same files): on a machine without GPUs add `--use_cpu "
+                          "true` to the evaluate.py arguments (accelerate's multi-process launcher does not pass "
+                          "`use_cpu` on).")
+    return state
 
 
 def check_inputs(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig,
@@ -225,10 +337,16 @@ def check_inputs(data_args: DataArguments, eval_args: EvalArguments, training_ar
 
 
 def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig,
-             model_args: ModelConfig) -> dict:
-    """Write predictions.jsonl, manifest.json and metrics.json to output_dir and return the metrics."""
+             model_args: ModelConfig) -> dict | None:
+    """Write predictions.jsonl, manifest.json and metrics.json to output_dir and return the metrics.
+
+    Under several processes only the main one writes them and returns the metrics; the others return None.
+    """
     output_dir = Path(training_args.output_dir)
+    state = process_state(training_args)
     mode = check_inputs(data_args, eval_args, training_args, model_args)
+    if mode != "model" and not state.is_main_process:
+        return None  # nothing to share out: the main process scores alone
     if output_dir.name.endswith(TMP_SUFFIX):
         raise ConfigError(f"--output_dir {output_dir} ends in {TMP_SUFFIX}, which marks unfinished outputs: pick "
                           "another name.")
@@ -239,7 +357,9 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
                      "predictions_hash": file_hash(eval_args.predictions_file)}
         dataset_fingerprint, prompt_hash = rows_fingerprint(rows), None
     else:
-        dataset, prepared = load_eval_rows(data_args, eval_args, training_args.seed)
+        # Under several processes one fills the datasets cache, the others then read it.
+        with state.main_process_first() if mode == "model" else contextlib.nullcontext():
+            dataset, prepared = load_eval_rows(data_args, eval_args, training_args.seed)
         dataset_fingerprint = rows_fingerprint({"id": r["id"], "document": r["document"], "summary": r["summary"]}
                                                for r in dataset)
         settings["dataset_fingerprint"] = dataset_fingerprint
@@ -260,7 +380,9 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         output_dir.mkdir(parents=True, exist_ok=True)
         if mode == "model":
             predictions = generate_missing(dataset, prepared, data_args, eval_args, training_args, model_args,
-                                           output_dir, settings)
+                                           output_dir, settings, state)
+            if predictions is None:
+                return None  # the main process merges every process's predictions and writes the files
         rows = [{"id": str(i), "prediction": p, "reference": r}
                 for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=True)]
     if mode == "predictions_file":
@@ -280,7 +402,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
                    prompt_hash=prompt_hash, num_rows=len(rows))
     # metrics.json last: its presence marks a complete evaluation.
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    (output_dir / PARTIAL_FILE).unlink(missing_ok=True)
+    for path in partial_files(output_dir):
+        path.unlink()
     return metrics
 
 

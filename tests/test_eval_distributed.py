@@ -1,0 +1,134 @@
+"""Data-parallel evaluation on the CPU: two processes under `accelerate launch` write the same predictions file as one
+process (every row once, in dataset order), and a run killed under two processes resumes under one, generating only
+the rows no process finished."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_jsonl
+from helpers_crash import jsonl, script_args
+
+from sumtune.evaluation import PARTIAL_FILE, deal_by_length, partial_files, partial_path
+
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+ROWS = 12
+# Greedy in float32 (the demo recipe's dtype) on the full-precision tiny model.
+EVAL_ARGS = ["--load_in_4bit", "false", "--generation_batch_size", "2", "--max_new_tokens", "24",
+             "--bootstrap_samples", "20"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_env() -> dict:
+    # Two cores shared by every process: one thread each keeps the ranks from starving one another.
+    return os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+                         "PYTHONUNBUFFERED": "1"}
+
+
+def test_deal_by_length_shares_every_row_once_and_balances_length():
+    lengths = [100, 5, 80, 60, 7, 90, 30, 31, 1]
+    shares = deal_by_length(lengths, 2)
+    assert sorted(i for share in shares for i in share) == list(range(len(lengths)))
+    assert [len(share) for share in shares] == [5, 4]
+    totals = [sum(lengths[i] for i in share) for share in shares]
+    assert abs(totals[0] - totals[1]) <= 20, totals  # plain round-robin would give 222 vs 182
+    assert deal_by_length(lengths, 1) == [list(range(len(lengths)))]
+    assert deal_by_length([3, 1], 4) == [[0], [1], [], []]  # more processes than rows: some generate nothing
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """The same evaluation by one process and by two CPU processes, run side by side."""
+    base = tmp_path_factory.mktemp("eval-dp")
+    data = base / "data"
+    lines = (ROOT / "data/demo/test.jsonl").read_text().splitlines()[:ROWS]
+    write_jsonl(data / "test.jsonl", [json.loads(line) for line in lines])
+    args = script_args("evaluate.py", tiny_model_dir, "--dataset_name", data, *EVAL_ARGS)[1:]  # without python
+    one = subprocess.Popen([sys.executable, *args, "--output_dir", str(base / "one")], cwd=ROOT, env=cpu_env(),
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # --use_cpu true: torchrun does not pass accelerate's use_cpu on (see the config's header).
+    two = subprocess.Popen([ACCELERATE, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml",
+                            "--main_process_port", str(free_port()), *args, "--output_dir", str(base / "two"),
+                            "--use_cpu", "true"], cwd=ROOT, env=cpu_env(), text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    logs = {}
+    for name, proc in (("one", one), ("two", two)):
+        logs[name] = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, f"{name} failed:\n{logs[name][-4000:]}"
+    return {"data": data, "one": base / "one", "two": base / "two", "logs": logs}
+
+
+def test_two_processes_write_every_row_once_as_one_process_does(runs):
+    ids = [json.loads(line)["id"] for line in (runs["data"] / "test.jsonl").read_text().splitlines()]
+    one, two = jsonl(runs["one"] / "predictions.jsonl"), jsonl(runs["two"] / "predictions.jsonl")
+    assert [r["id"] for r in two] == ids  # every row exactly once, in dataset order
+    assert two == one
+    assert any(r["prediction"] for r in two)
+    assert json.loads((runs["two"] / "metrics.json").read_text()) == json.loads(
+        (runs["one"] / "metrics.json").read_text())
+    assert json.loads((runs["two"] / "manifest.json").read_text())["settings"] == json.loads(
+        (runs["one"] / "manifest.json").read_text())["settings"]
+    assert sorted(p.name for p in runs["two"].iterdir()) == ["manifest.json", "metrics.json", "predictions.jsonl"]
+    log = runs["logs"]["two"]
+    assert "Process 0 of 2: generating 6 rows" in log and "Process 1 of 2: generating 6 rows" in log
+    assert log.count("metrics written to") == 1  # only the main process reports
+
+
+def test_run_killed_under_two_processes_resumes_under_one(runs, tiny_model_dir, tmp_path, monkeypatch, in_repo):
+    from sumtune import evaluation
+    from sumtune.config import parse_args
+
+    reference = jsonl(runs["two"] / "predictions.jsonl")
+    run_key = json.loads((runs["two"] / "manifest.json").read_text())["settings"]
+    out = tmp_path / "killed"
+    out.mkdir()
+    # What two killed processes leave: each its share's first rows, rank 1 with a last line cut short.
+    header = json.dumps({"run_key": run_key}) + "\n"
+    seeded = {}
+    shares = [[0, 4, 7], [2, 9]]
+    for rank, share in enumerate(shares):
+        lines = [header]
+        for index in share:
+            seeded[index] = f"seeded {index}"  # kept as is: a regenerated row would read differently
+            lines.append(json.dumps({"index": index, "id": reference[index]["id"], "prediction": seeded[index]}) + "\n")
+        partial_path(out, rank).write_text("".join(lines))
+    with partial_path(out, 1).open("a") as handle:
+        handle.write('{"index": 11, "id": "demo-te')
+    assert [p.name for p in partial_files(out)] == [PARTIAL_FILE, "predictions.partial.rank1.jsonl"]
+
+    generated = []
+    real = evaluation.iter_summaries
+
+    def counting(model, tokenizer, prompts, *args, **kwargs):
+        generated.append(len(prompts))
+        yield from real(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "iter_summaries", counting)
+    argv = ["--config", "recipes/tiny/demo.yaml", "--max_length", "256", "--report_to", "none", "--model_name_or_path",
+            str(tiny_model_dir), "--dataset_name", str(runs["data"]), *EVAL_ARGS, "--output_dir", str(out)]
+    metrics = evaluation.evaluate(*parse_args(argv))
+    assert generated == [ROWS - len(seeded)]
+    rows = jsonl(out / "predictions.jsonl")
+    assert [r["id"] for r in rows] == [r["id"] for r in reference]
+    for index, (row, expected) in enumerate(zip(rows, reference, strict=True)):
+        assert row["prediction"] == seeded.get(index, expected["prediction"]), index
+    assert metrics["num_rows"] == ROWS and not partial_files(out)
+
+
+def test_processes_that_did_not_join_one_group_are_refused(tmp_path, monkeypatch, in_repo):
+    from sumtune.config import ConfigError, parse_args
+    from sumtune.evaluation import process_state
+
+    _, _, training_args, _ = parse_args(["--config", "recipes/tiny/demo.yaml", "--output_dir", str(tmp_path)])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # launched as 2, but this process is alone in its (absent) group
+    with pytest.raises(ConfigError, match="--use_cpu true"):
+        process_state(training_args)
