@@ -55,3 +55,26 @@ def test_merge_without_adapter_files_is_an_error(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="adapter"):
         merge_adapter(model_args, str(tmp_path / "empty"), tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_load_model_swaps_gelu_new_for_the_same_fused_gelu(tiny_model_dir, tiny_tokenizer):
+    from sumtune.modeling import load_model
+
+    model = load_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), quantize=False)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert (model.config.hidden_act, reference.config.hidden_act) == ("gelu_pytorch_tanh", "gelu_new")
+    ids = tiny_tokenizer("Heavy rain flooded roads across Kelby overnight.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_16bit_merge_is_done_in_fp32_then_cast(tiny_model_dir, adapter_dir, tmp_path):
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="bfloat16")
+    merged_dir = merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto")
+    assert merged.dtype == torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    exact = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    expected = exact.state_dict()[name].to(torch.bfloat16)  # one rounding, after the fp32 merge
+    assert torch.equal(merged.state_dict()[name], expected)

@@ -9,9 +9,9 @@ from sumtune.config import parse_args
 from sumtune.training import build_trainer, train
 
 
-def recipe_args(tiny_model_dir, data_dir, output_dir, *extra):
+def recipe_args(tiny_model_dir, data_dir, output_dir, *extra, recipe=ROOT / "recipes/tiny/demo.yaml"):
     return parse_args([
-        "--config", str(ROOT / "recipes/tiny/demo.yaml"),
+        "--config", str(recipe),
         "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(data_dir),
         "--output_dir", str(output_dir), "--max_length", "256", "--max_steps", "3",
         "--per_device_train_batch_size", "4", "--logging_steps", "1", "--eval_strategy", "no",
@@ -20,7 +20,11 @@ def recipe_args(tiny_model_dir, data_dir, output_dir, *extra):
 
 
 def test_qlora_steps_train_adapter_and_freeze_base(tiny_model_dir, data_dir, tmp_path, in_repo):
-    data_args, _, training_args, model_args = recipe_args(tiny_model_dir, data_dir, tmp_path / "run")
+    # As in the Phi-2 recipes: LoRA only (the demo recipe also trains the random base's embeddings and output layer).
+    recipe = tmp_path / "lora-only.yaml"
+    recipe.write_text("".join(line for line in (ROOT / "recipes/tiny/demo.yaml").read_text().splitlines(True)
+                              if not line.startswith("lora_modules_to_save")))
+    data_args, _, training_args, model_args = recipe_args(tiny_model_dir, data_dir, tmp_path / "run", recipe=recipe)
     trainer = build_trainer(data_args, training_args, model_args)
     model = trainer.model
     assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.__class__.__name__ == "Linear4bit"

@@ -7,7 +7,7 @@ import os
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_quantization_config
 
 from .config import ConfigError
@@ -68,6 +68,12 @@ def load_model(model_args: ModelConfig, quantize: bool = True, device: str | Non
     if device is not None and "device_map" not in kwargs:
         kwargs["device_map"] = device
     try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                            trust_remote_code=False)
+        if getattr(config, "hidden_act", None) == "gelu_new":
+            # Phi-2's gelu_new is the tanh GELU written out in Python ops; PyTorch's fused kernel computes the same
+            # formula with half the activation memory and +13% training speed (bench/results/train_throughput.md).
+            kwargs["hidden_act"] = "gelu_pytorch_tanh"
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as err:
         raise ConfigError(f"Could not load model {model_args.model_name_or_path!r} ({err}). Pass a local model "
