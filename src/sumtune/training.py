@@ -16,7 +16,6 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from .callbacks import RougeCallback
 from .config import (
     ConfigError,
     DataArguments,
@@ -201,6 +200,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
             logger.warning("rouge_eval_samples is not supported under FSDP; evaluate.py scores the adapter instead.")
         else:
+            from .callbacks import RougeCallback  # imported here: training alone needs no generation or rouge_score
+
             subset = subsample(dataset["validation"], eval_args.rouge_eval_samples, training_args.seed)
             trainer.add_callback(RougeCallback(
                 trainer, subset["prompt"], subset["summary"], eval_args.max_new_tokens,
