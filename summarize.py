@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 
 from sumtune.cli import run
-from sumtune.config import ConfigError, check_adapter, check_model_source, parse_args
+from sumtune.config import ConfigError, parse_args
 from sumtune.data import fit_to_budget
 from sumtune.generation import generate_summaries
 from sumtune.modeling import load_model, load_tokenizer
+from sumtune.preflight import check_adapter, check_model_source
 from sumtune.prompts import read_text
 
 

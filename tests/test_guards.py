@@ -7,7 +7,8 @@ import torch
 from helpers_crash import make_data
 from transformers import TrainerCallback
 
-from sumtune.config import ConfigError, RunError, check_precision, parse_args
+from sumtune.config import ConfigError, RunError, parse_args
+from sumtune.preflight import check_precision
 from sumtune.training import build_trainer, train
 
 

@@ -23,15 +23,7 @@ from pathlib import Path
 from accelerate import PartialState
 from trl import ModelConfig, SFTConfig
 
-from .config import (
-    ConfigError,
-    DataArguments,
-    EvalArguments,
-    RunError,
-    check_adapter,
-    check_model_source,
-    check_precision,
-)
+from .config import ConfigError, DataArguments, EvalArguments, RunError
 from .data import fit_to_budget, is_prepared, load_prepared, load_raw_split, standardize, subsample
 from .generation import iter_summaries
 from .manifest import (
@@ -45,6 +37,7 @@ from .manifest import (
 )
 from .metrics import ROUGE_TYPES, compute_rouge
 from .modeling import load_model, load_tokenizer
+from .preflight import check_adapter, check_model_source, check_precision
 from .prompts import read_text, template_hash
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from trl import ModelConfig
 
-from .config import ConfigError, check_adapter, check_free_disk, check_model_source
+from .config import ConfigError
 from .manifest import TMP_SUFFIX, publish_dir, read_manifest, tmp_dir_for, write_manifest
 from .modeling import load_model, load_tokenizer, resolve_dtype
+from .preflight import check_adapter, check_free_disk, check_model_source
 
 logger = logging.getLogger(__name__)
 

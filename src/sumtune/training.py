@@ -16,18 +16,11 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from .config import (
-    ConfigError,
-    DataArguments,
-    EvalArguments,
-    RunError,
-    check_free_disk,
-    check_model_source,
-    check_precision,
-)
+from .config import ConfigError, DataArguments, EvalArguments, RunError
 from .data import is_prepared, load_prepared, prepare_datasets, prepared_stats, save_prepared, subsample
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
 from .modeling import keep_4bit_weights_trainable_on_cpu, load_model, load_tokenizer, upcast_trainable_params
+from .preflight import check_free_disk, check_model_source, check_precision
 from .prompts import read_text
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,139 @@
+"""Preflight: checks that run before any model is loaded, so a wrong setting costs seconds, not a model load.
+
+Each raises ConfigError naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from trl import ModelConfig, SFTConfig
+
+from .config import CPU_RECIPE, T4_RECIPE, ConfigError
+
+RECIPE_FOR_PRECISION = {"bf16": "recipes/phi-2/qlora.yaml", "fp16": T4_RECIPE, "no": CPU_RECIPE, "fp8": "none yet"}
+# Checkpoints (adapter + optimizer state) and the adapter stay far below this; a disk with less is nearly full.
+MIN_FREE_BYTES = 512 * 2**20
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_precision(training_args: SFTConfig, model_args: ModelConfig, training: bool) -> None:
+    """The precision the recipe asks for must run on this machine (bf16 on a T4 is the classic mistake)."""
+    cuda = torch.cuda.is_available()
+    if cuda and not torch.cuda.is_bf16_supported() and ((training and training_args.bf16)
+                                                        or model_args.dtype == "bfloat16"):
+        raise ConfigError(f"bf16 is requested (`bf16: true` or `dtype: bfloat16`) but {torch.cuda.get_device_name(0)} "
+                          f"has no bf16 support: use {T4_RECIPE} (fp16, `dtype: float16`).")
+    if training and not cuda and (training_args.fp16 or training_args.bf16):
+        flag = "fp16" if training_args.fp16 else "bf16"
+        raise ConfigError(f"`{flag}: true` (mixed precision) needs a CUDA GPU and none is visible: on a CPU set "
+                          f"`{flag}: false` and `dtype: float32` (see {CPU_RECIPE}).")
+    if training:
+        check_launcher_precision(training_args)
+        check_fsdp(model_args)
+
+
+def check_launcher_precision(training_args: SFTConfig) -> None:
+    """`accelerate launch` exports its config's mixed_precision; the Trainer lets the recipe's fp16/bf16 win, or the
+    launcher's when the recipe sets neither (a full-precision recipe would silently train in bf16), so both must agree.
+    """
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched is None:  # plain `python train.py`: the recipe alone decides
+        return
+    recipe = "fp16" if training_args.fp16 else "bf16" if training_args.bf16 else "no"
+    if launched != recipe:
+        asks = f"`{recipe}: true`" if recipe != "no" else "full precision (neither `fp16` nor `bf16`)"
+        raise ConfigError(f"The accelerate config has `mixed_precision: {launched}` but the recipe asks for {asks}. "
+                          f"Change `mixed_precision` in the --config_file given to accelerate launch to {recipe!r} "
+                          f"(or pass `accelerate launch --mixed_precision {recipe}`), or use a recipe made for "
+                          f"{launched} such as {RECIPE_FOR_PRECISION[launched]}.")
+
+
+def check_fsdp(model_args: ModelConfig) -> None:
+    """FSDP flattens and shards float tensors only: 4-bit weights must be packed in the compute dtype."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true", "yes"):
+        return
+    if model_args.load_in_8bit:
+        raise ConfigError("FSDP cannot shard an 8-bit base: use `load_in_4bit: true` (see "
+                          "recipes/phi-2/qlora-fsdp.yaml) or a DDP accelerate config.")
+    if model_args.load_in_4bit and model_args.bnb_4bit_quant_storage != model_args.dtype:
+        raise ConfigError(f"FSDP with a 4-bit base needs `bnb_4bit_quant_storage: {model_args.dtype}` (the same "
+                          f"as `dtype`), got {model_args.bnb_4bit_quant_storage!r}: see recipes/phi-2/qlora-fsdp.yaml.")
+
+
+def check_free_disk(path: str | Path, needed: int = MIN_FREE_BYTES, what: str = "checkpoints") -> None:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise ConfigError(f"Only {free / 2**30:.2f} GiB free under {path}; {what} need at least "
+                          f"{needed / 2**30:.2f} GiB: free some space or pass another --output_dir.")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def check_model_source(name: str, flag: str = "--model_name_or_path", weights: bool = True) -> None:
+    """A complete local model folder (config + safetensors) or a well-formed hub id (cached, when offline)."""
+    path = Path(name)
+    if path.exists():
+        if path.name.endswith(".tmp"):
+            raise ConfigError(f"{name} is an unfinished output (a `.tmp` folder): re-run the stage that writes it.")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ConfigError(f"{flag} {name} is not a complete model folder (no config.json): pass the folder "
+                              "written by merge.py or a hub id.")
+        if weights:
+            index = path / "model.safetensors.index.json"
+            shards = (set(json.loads(index.read_text()).get("weight_map", {}).values()) if index.is_file()
+                      else {p.name for p in path.glob("*.safetensors")})
+            missing = [s for s in shards if not (path / s).is_file()]
+            if not shards or missing:
+                raise ConfigError(f"{flag} {name} has no complete safetensors weights (missing: "
+                                  f"{missing or '*.safetensors'}): only safetensors are loaded; re-run merge.py or "
+                                  "convert the checkpoint.")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not HUB_ID.match(name):
+        raise ConfigError(f"{flag} {name} does not exist: pass an existing local model folder or a hub id "
+                          "such as microsoft/phi-2.")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ConfigError(f"{flag} {name} is neither a local folder nor in the Hugging Face cache, and "
+                              "HF_HUB_OFFLINE is set: download it once online or pass a local folder.")
+
+
+def same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+
+def check_adapter(adapter_path: str | None, base: str) -> None:
+    """A complete adapter folder (config + safetensors) trained on the base model given."""
+    if not adapter_path:
+        raise ConfigError("No adapter given: pass --adapter_path OUTPUT_DIR/adapter (written by train.py).")
+    path = Path(adapter_path)
+    if path.name.endswith(".tmp"):
+        raise ConfigError(f"{adapter_path} is an unfinished adapter (a `.tmp` folder): re-run train.py, which "
+                          "resumes from its last checkpoint.")
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"No adapter at {adapter_path!r} (no adapter_config.json): pass --adapter_path "
+                          "OUTPUT_DIR/adapter (written by train.py).")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"The adapter at {adapter_path} has no adapter_model.safetensors: only safetensors "
+                          "are loaded; re-run train.py or re-save the adapter with safe_serialization=True.")
+    try:
+        adapter_base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path / 'adapter_config.json'} is not valid JSON: re-run train.py.") from None
+    if adapter_base and not same_model(adapter_base, base):
+        raise ConfigError(f"The adapter at {adapter_path} was trained on {adapter_base!r}, not {base!r}: pass "
+                          f"--model_name_or_path {adapter_base}.")
