@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, write_jsonl
 from helpers_crash import jsonl, script_args
 
-from sumtune.evaluation import PARTIAL_FILE, deal_by_length, partial_files, partial_path
+from sumtune.predictions import PARTIAL_FILE, deal_by_length, partial_files, partial_path
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 ROWS = 12

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers_crash import checkpoint_steps, jsonl, load_adapter, make_data, run_script, start_script, wait_for
 
-from sumtune.evaluation import PARTIAL_FILE, load_partial
+from sumtune.predictions import PARTIAL_FILE, load_partial
 from sumtune.training import last_complete_checkpoint
 
 # 40 rows / batch 4 = 10 steps an epoch, 2 epochs; lora_dropout > 0 so the restored RNG state matters.

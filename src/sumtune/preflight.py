@@ -137,3 +137,12 @@ def check_adapter(adapter_path: str | None, base: str) -> None:
     if adapter_base and not same_model(adapter_base, base):
         raise ConfigError(f"The adapter at {adapter_path} was trained on {adapter_base!r}, not {base!r}: pass "
                           f"--model_name_or_path {adapter_base}.")
+
+
+def check_process_group(joined: int, consequence: str, script: str) -> None:
+    """Processes started by `accelerate launch` must form one group; on a CPU they only do with `--use_cpu true`."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and joined != launched:
+        raise ConfigError(f"{launched} processes were launched but they did not join one process group (each would "
+                          f"{consequence}): on a machine without GPUs add `--use_cpu true` to the {script} arguments "
+                          "(accelerate's multi-process launcher does not pass `use_cpu` on).")

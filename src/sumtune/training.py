@@ -20,7 +20,7 @@ from .config import ConfigError, DataArguments, EvalArguments, RunError
 from .data import is_prepared, load_prepared, prepare_datasets, prepared_stats, save_prepared, subsample
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
 from .modeling import keep_4bit_weights_trainable_on_cpu, load_model, load_tokenizer, upcast_trainable_params
-from .preflight import check_free_disk, check_model_source, check_precision
+from .preflight import check_free_disk, check_model_source, check_precision, check_process_group
 from .prompts import read_text
 
 logger = logging.getLogger(__name__)
@@ -229,11 +229,7 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
     """Everything that can be checked before a model is loaded; returns the checkpoint to resume from, if any."""
     output_dir = Path(training_args.output_dir)
     check_precision(training_args, model_args, training=True)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and training_args.world_size != launched:
-        raise ConfigError(f"{launched} processes were launched but they did not join one process group (each would "
-                          "train alone on its own copy of the data): on a machine without GPUs add `--use_cpu true` "
-                          "to the train.py arguments (accelerate's multi-process launcher does not pass `use_cpu` on).")
+    check_process_group(training_args.world_size, "train alone on its own copy of the data", "train.py")
     check_model_source(model_args.model_name_or_path)
     if (output_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
         raise ConfigError(f"{output_dir / ADAPTER_DIR} already holds a finished adapter: pass a new --output_dir, "

@@ -1,0 +1,103 @@
+"""Predictions made so far, kept crash-safe: one append-only partial file per process, headed by the settings that
+made them, and read back after a kill (a last line cut short is dropped) whatever number of processes wrote them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .config import ConfigError
+
+PARTIAL_FILE = "predictions.partial.jsonl"
+PARTIAL_PREFIX = "predictions.partial"
+
+
+def partial_path(output_dir: Path, rank: int) -> Path:
+    """The file process `rank` appends to: PARTIAL_FILE for rank 0 and a single process."""
+    return output_dir / (PARTIAL_FILE if rank == 0 else f"{PARTIAL_PREFIX}.rank{rank}.jsonl")
+
+
+def partial_files(output_dir: Path) -> list[Path]:
+    """Every partial file in output_dir, whatever number of processes wrote them."""
+    return sorted(output_dir.glob(f"{PARTIAL_PREFIX}*.jsonl"))
+
+
+def read_partial(path: Path, run_key: dict, ids: list[str]) -> tuple[dict[int, str] | None, int]:
+    """(predictions by row index, bytes of the whole lines that hold them); None when made with other settings.
+
+    Reads only. The first line holds the settings; a last line cut short by a kill ends the good part.
+    """
+    data = path.read_bytes()
+    if b"\n" not in data:  # killed before its first line was flushed: nothing made yet
+        return {}, 0
+    lines = data.split(b"\n")
+    try:
+        header = json.loads(lines[0])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict) or header.get("run_key") != run_key:
+        return None, 0
+    done, good = {}, len(lines[0]) + 1
+    for raw in lines[1:]:
+        try:
+            row = json.loads(raw)
+            index = int(row["index"])
+            if index < 0 or ids[index] != row["id"] or not isinstance(row["prediction"], str):
+                raise ValueError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError):
+            break  # the line the kill cut short: everything after it is gone too
+        done.setdefault(index, row["prediction"])
+        good += len(raw) + 1
+    return done, good
+
+
+def load_partial(path: Path, run_key: dict, ids: list[str], overwrite: bool) -> dict[int, str]:
+    """Predictions already made by a killed run with the same settings, by row index.
+
+    A file made with other settings is an error, or deleted with `overwrite`; a last line cut short by the kill is
+    dropped (and cut from the file, so lines appended later are read).
+    """
+    if not path.is_file():
+        return {}
+    done, good = read_partial(path, run_key, ids)
+    if done is None:
+        if not overwrite:
+            raise ConfigError(f"{path} holds predictions made with other settings: re-run with the same ones to "
+                              "resume it, pass --overwrite_output_dir true to discard it, or use a new --output_dir.")
+        path.unlink()
+        return {}
+    if good < path.stat().st_size:
+        os.truncate(path, good)
+    return done
+
+
+def deal_by_length(lengths: list[int], shares: int) -> list[list[int]]:
+    """Indices into `lengths` dealt into `shares` lists of near-equal count and total length.
+
+    Longest first, dealt back and forth (0, 1, ..., n-1, n-1, ..., 0, ...) so no share always gets the longer of
+    each round."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    dealt: list[list[int]] = [[] for _ in range(shares)]
+    for position, index in enumerate(order):
+        rank, turn = position % shares, position // shares
+        dealt[rank if turn % 2 == 0 else shares - 1 - rank].append(index)
+    return [sorted(share) for share in dealt]
+
+
+def prompt_chars(prompt) -> int:
+    """A prompt's length in characters: proportional to its token count for balancing, without tokenizing."""
+    return sum(len(message["content"]) for message in prompt) if isinstance(prompt, list) else len(prompt)
+
+
+def merge_partials(output_dir: Path, run_key: dict, ids: list[str]) -> tuple[dict[int, str], list[Path]]:
+    """The predictions of every partial file made with these settings, and the files made with others."""
+    done: dict[int, str] = {}
+    stale = []
+    for path in partial_files(output_dir):
+        found, _ = read_partial(path, run_key, ids)
+        if found is None:
+            stale.append(path)
+        else:
+            done |= {i: p for i, p in found.items() if i not in done}
+    return done, stale
