@@ -110,3 +110,13 @@ def test_incomplete_prepared_folder_is_refused(tmp_path):
     (tmp_path / "prepared" / "dataset_dict.json").write_text("{}")
     with pytest.raises(ConfigError, match="not a complete prepared dataset"):
         load_prepared(tmp_path / "prepared")
+
+
+def test_prepared_data_for_another_max_length_is_refused(data_dir, tiny_tokenizer, tmp_path):
+    from sumtune.data import check_prepared_budget
+
+    dataset, stats = prepare_datasets(args_for(data_dir), tiny_tokenizer, 256, seed=0)
+    save_prepared(dataset, stats, tmp_path / "prepared")
+    check_prepared_budget(tmp_path / "prepared", 256)
+    with pytest.raises(ConfigError, match="prepared for max_length=256, not 128"):
+        check_prepared_budget(tmp_path / "prepared", 128)

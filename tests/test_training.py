@@ -6,6 +6,7 @@ import torch
 from conftest import ROOT
 
 from sumtune.config import parse_args
+from sumtune.modeling import upcast_trainable_params
 from sumtune.training import build_trainer, train
 
 
@@ -42,16 +43,19 @@ def test_qlora_steps_train_adapter_and_freeze_base(tiny_model_dir, data_dir, tmp
     assert len(changed) >= len(trainable) // 2, "adapter weights did not train"
 
 
-def test_fp16_recipe_keeps_adapters_in_fp32(tiny_model_dir, data_dir, tmp_path, in_repo):
+def test_adapters_stay_fp32_although_trl_casts_them_to_bf16(tiny_model_dir, data_dir, tmp_path, in_repo,
+                                                            monkeypatch):
     """TRL casts QLoRA adapters to bf16; fp16's grad scaler cannot unscale bf16 grads, so they must stay fp32."""
-    from sumtune.modeling import upcast_trainable_params
+    from sumtune import training
 
+    cast = []
+    monkeypatch.setattr(training, "upcast_trainable_params",
+                        lambda model: cast.append({p.dtype for p in model.parameters() if p.requires_grad})
+                        or upcast_trainable_params(model))
     data_args, _, training_args, model_args = recipe_args(tiny_model_dir, data_dir, tmp_path / "run")
     trainer = build_trainer(data_args, training_args, model_args)
-    adapters = [p for p in trainer.model.parameters() if p.requires_grad]
-    assert {p.dtype for p in adapters} == {torch.bfloat16}, "TRL no longer casts to bf16: revisit the fp16 fix"
-    assert upcast_trainable_params(trainer.model) == len(adapters)
-    assert {p.dtype for p in adapters} == {torch.float32}
+    assert cast == [{torch.bfloat16}], "TRL no longer casts to bf16: revisit the fp32 fix"
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
 
 
 def test_train_saves_adapter_with_tokenizer_prompt_and_config(tiny_model_dir, data_dir, tmp_path, in_repo):
@@ -63,6 +67,9 @@ def test_train_saves_adapter_with_tokenizer_prompt_and_config(tiny_model_dir, da
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
                  "instruction.txt", "run_config.json", "manifest.json"):
         assert (adapter / name).is_file(), name
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(adapter / "adapter_model.safetensors").values()} == {torch.float32}
     config = json.loads((adapter / "run_config.json").read_text())
     assert config["model"]["lora_r"] == 16 and config["training"]["max_steps"] == 3
     assert (output_dir / "data" / "stats.json").is_file()

@@ -30,6 +30,7 @@ def run(main: Callable[[], object]) -> None:
     except torch.OutOfMemoryError:
         print("error: out of GPU memory. Training: turn on gradient_checkpointing, or lower "
               "per_device_train_batch_size and raise gradient_accumulation_steps by the same factor (in a new "
-              "--output_dir: another batch size cannot resume old checkpoints). Evaluation: lower "
-              "generation_batch_size and re-run; it resumes where it stopped.", file=sys.stderr)
+              "--output_dir: another batch size cannot resume old checkpoints). Evaluation: halve "
+              "generation_max_batch_tokens (the KV cache's size) and re-run; it resumes where it stopped.",
+              file=sys.stderr)
         sys.exit(1)

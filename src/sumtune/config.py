@@ -77,11 +77,11 @@ class EvalArguments:
     num_beams: int = field(default=1, metadata={"help": "1 = greedy decoding; >1 = beam search."})
     generation_batch_size: int = field(default=256, metadata={"help": "Most rows in one generation batch."})
     generation_max_batch_tokens: int | None = field(
-        default=65536,
+        default=16384,
         metadata={"help": "Most tokens in one generation batch, counted as rows x (longest prompt + max_new_tokens): "
-                          "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 65536 is about 21 GiB "
-                          "(measured fastest on an H200, bench/results/generate_throughput.md); lower it on smaller "
-                          "GPUs. None: batches of generation_batch_size rows."},
+                          "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 16384 is about 5 GiB; "
+                          "65536 (~21 GiB) ran fastest on an H200 (bench/results/generate_throughput.md). None: "
+                          "batches of generation_batch_size rows."},
     )
     input_file: str | None = field(
         default=None, metadata={"help": "summarize.py: the article to summarize (a text file); unset or `-`: stdin."}

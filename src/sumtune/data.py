@@ -261,3 +261,11 @@ def load_prepared(path: str | Path) -> DatasetDict:
 
 def prepared_stats(path: str | Path) -> dict:
     return json.loads((Path(path) / STATS_FILE).read_text())
+
+
+def check_prepared_budget(path: str | Path, max_length: int) -> None:
+    """Prepared rows were fitted to one max_length; under a smaller one TRL would cut the summary and its EOS."""
+    prepared = prepared_stats(path).get("max_length")
+    if prepared is not None and prepared != max_length:
+        raise ConfigError(f"{path} was prepared for max_length={prepared}, not {max_length}: run prepare_data.py "
+                          f"again with --max_length {max_length} (or delete {path}), or pass --max_length {prepared}.")

@@ -24,7 +24,15 @@ from accelerate import PartialState
 from trl import ModelConfig, SFTConfig
 
 from .config import ConfigError, DataArguments, EvalArguments, RunError
-from .data import fit_to_budget, is_prepared, load_prepared, load_raw_split, standardize, subsample
+from .data import (
+    check_prepared_budget,
+    fit_to_budget,
+    is_prepared,
+    load_prepared,
+    load_raw_split,
+    standardize,
+    subsample,
+)
 from .generation import iter_summaries
 from .manifest import (
     TMP_SUFFIX,
@@ -47,7 +55,7 @@ from .predictions import (
     prompt_chars,
 )
 from .preflight import check_adapter, check_model_source, check_precision, check_process_group
-from .prompts import read_text, template_hash
+from .prompts import DEFAULT_CHAT_TEMPLATE, read_text, template_hash
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +100,11 @@ def read_predictions(path: str | Path) -> list[dict]:
     return rows
 
 
-def load_eval_rows(data_args: DataArguments, eval_args: EvalArguments, seed: int):
+def load_eval_rows(data_args: DataArguments, eval_args: EvalArguments, seed: int, max_length: int | None):
     """The split to score: from a prepared folder (already fitted to the budget) or raw data (fitted later)."""
     if is_prepared(data_args.dataset_name):
+        if max_length is not None:  # generation: prompts were cut for this budget
+            check_prepared_budget(data_args.dataset_name, max_length)
         dataset = load_prepared(data_args.dataset_name)
         if eval_args.eval_split not in dataset:
             raise ConfigError(f"Prepared data has splits {list(dataset)}, not '{eval_args.eval_split}'.")
@@ -264,7 +274,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     else:
         # Under several processes one fills the datasets cache, the others then read it.
         with state.main_process_first() if mode == "model" else contextlib.nullcontext():
-            dataset, prepared = load_eval_rows(data_args, eval_args, training_args.seed)
+            dataset, prepared = load_eval_rows(data_args, eval_args, training_args.seed,
+                                               training_args.max_length if mode == "model" else None)
         dataset_fingerprint = rows_fingerprint({"id": r["id"], "document": r["document"], "summary": r["summary"]}
                                                for r in dataset)
         settings["dataset_fingerprint"] = dataset_fingerprint
@@ -272,7 +283,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         if mode == "lead":
             predictions = [lead_sentence(article) for article in dataset["document"]]
         else:
-            template = read_text(training_args.chat_template_path or "prompts/chat_template.jinja", "Chat template")
+            template = read_text(training_args.chat_template_path or DEFAULT_CHAT_TEMPLATE, "Chat template")
             prompt_hash = template_hash(template, read_text(data_args.instruction_path, "Instruction file"))
             settings |= {"model": model_args.model_name_or_path, "model_revision": model_args.model_revision,
                          "model_fingerprint": model_fingerprint(model_args.model_name_or_path),

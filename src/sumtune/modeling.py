@@ -54,8 +54,8 @@ def model_init_kwargs(model_args: ModelConfig, quantize: bool = True) -> dict:
     if quantize and (model_args.load_in_4bit or model_args.load_in_8bit):
         kwargs["quantization_config"] = get_quantization_config(model_args)
         # DDP: quantized weights are placed at load time, one whole copy per process on that process's GPU.
-        # FSDP: load on the CPU (device_map None) and let FSDP shard the weights and move each shard to its GPU;
-        # a device_map would put the whole 4-bit model on every GPU first.
+        # FSDP: no device_map of ours; transformers' bitsandbytes quantizer then puts the 4-bit model on the current
+        # GPU (about 1.7 GB for Phi-2) and FSDP shards it from there. Not yet run on GPUs.
         fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
         if torch.cuda.is_available() and not fsdp:
             kwargs["device_map"] = {"": PartialState().local_process_index}

@@ -17,11 +17,19 @@ from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from .config import ConfigError, DataArguments, EvalArguments, RunError
-from .data import is_prepared, load_prepared, prepare_datasets, prepared_stats, save_prepared, subsample
+from .data import (
+    check_prepared_budget,
+    is_prepared,
+    load_prepared,
+    prepare_datasets,
+    prepared_stats,
+    save_prepared,
+    subsample,
+)
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
 from .modeling import keep_4bit_weights_trainable_on_cpu, load_model, load_tokenizer, upcast_trainable_params
 from .preflight import check_free_disk, check_model_source, check_precision, check_process_group
-from .prompts import read_text
+from .prompts import DEFAULT_CHAT_TEMPLATE, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +43,12 @@ RESUME_KEYS = {
     "data": ("dataset_name", "dataset_config", "dataset_revision", "text_column", "summary_column",
              "max_train_samples", "instruction_path"),
     "model": ("model_name_or_path", "model_revision", "dtype", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
-              "use_bnb_nested_quant", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+              "use_bnb_nested_quant", "bnb_4bit_quant_storage", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
+              "lora_target_modules", "lora_modules_to_save", "use_rslora", "use_dora"),
     "training": ("learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
                  "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size", "seed", "data_seed",
-                 "optim", "weight_decay", "max_grad_norm", "max_length", "fp16", "bf16", "packing",
-                 "completion_only_loss"),
+                 "optim", "weight_decay", "max_grad_norm", "max_length", "fp16", "bf16", "packing", "padding_free",
+                 "completion_only_loss", "train_sampling_strategy"),
 }
 # The fp16 grad scaler skips a step with inf/NaN gradients and halves its scale; this many skips in a row take the
 # scale from 2**16 below 2**-8, past any overflow the scaler can absorb.
@@ -140,6 +149,7 @@ def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer):
         dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
                                           training_args.dataset_num_proc)
         save_prepared(dataset, stats, target)
+    check_prepared_budget(target, training_args.max_length)
     return load_prepared(target)
 
 
@@ -186,9 +196,10 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     )
     if not torch.cuda.is_available():
         keep_4bit_weights_trainable_on_cpu(trainer.model)
-    if training_args.fp16:
-        cast = upcast_trainable_params(trainer.model)
-        logger.info("fp16: kept %d trainable tensors in fp32 for the grad scaler", cast)
+    # TRL casts QLoRA adapters to bf16. Keep them in fp32: fp16's grad scaler cannot unscale bf16 gradients, bf16
+    # master weights lose small updates, and PEFT reloads a checkpoint's adapter in fp32, so a resumed run would
+    # otherwise continue in another precision than an uninterrupted one.
+    upcast_trainable_params(trainer.model)
     if eval_args is not None and eval_args.rouge_eval_samples and eval_dataset is not None:
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
             logger.warning("rouge_eval_samples is not supported under FSDP; evaluate.py scores the adapter instead.")
@@ -267,20 +278,18 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
         output_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(output_dir / RUN_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
     trainer = build_trainer(data_args, training_args, model_args, eval_args)
-    # TRL leaves QLoRA adapters in bf16, but PEFT reloads a checkpoint's adapter in fp32: without this a resumed run
-    # would continue in another precision than an uninterrupted one (and bf16 master weights lose small updates).
-    upcast_trainable_params(trainer.model)
     if checkpoint is not None:
         logger.info("Resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if trainer.args.eval_strategy != "no":
-        trainer.evaluate()
+    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
+    if trainer.args.eval_strategy != "no" and (not evaluated or evaluated[-1] != trainer.state.global_step):
+        trainer.evaluate()  # the final adapter's eval loss, unless the last step was just evaluated
     tmp = tmp_dir_for(adapter_dir) if is_main else adapter_dir.with_name(ADAPTER_DIR + ".tmp")
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(tmp))
-        shutil.copy(template_path or "prompts/chat_template.jinja", tmp / "chat_template.jinja")
+        shutil.copy(template_path or DEFAULT_CHAT_TEMPLATE, tmp / "chat_template.jinja")
         instruction = read_text(data_args.instruction_path, "Instruction file")
         (tmp / "instruction.txt").write_text(instruction)
         (tmp / RUN_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
