@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from accelerate import PartialState
@@ -11,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_quantization_config
 
 from .config import ConfigError
+from .preflight import fsdp_enabled
 from .prompts import load_chat_template
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def model_init_kwargs(model_args: ModelConfig, quantize: bool = True) -> dict:
         # DDP: quantized weights are placed at load time, one whole copy per process on that process's GPU.
         # FSDP: no device_map of ours; transformers' bitsandbytes quantizer then puts the 4-bit model on the current
         # GPU (about 1.7 GB for Phi-2) and FSDP shards it from there. Not yet run on GPUs.
-        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
-        if torch.cuda.is_available() and not fsdp:
+        if torch.cuda.is_available() and not fsdp_enabled():
             kwargs["device_map"] = {"": PartialState().local_process_index}
     return kwargs
 

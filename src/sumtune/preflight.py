@@ -22,6 +22,11 @@ MIN_FREE_BYTES = 512 * 2**20
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
+
+def fsdp_enabled() -> bool:
+    """True under `accelerate launch` with an FSDP config (accelerate exports this variable to every process)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
 def check_precision(training_args: SFTConfig, model_args: ModelConfig, training: bool) -> None:
     """The precision the recipe asks for must run on this machine (bf16 on a T4 is the classic mistake)."""
     cuda = torch.cuda.is_available()
@@ -56,7 +61,7 @@ def check_launcher_precision(training_args: SFTConfig) -> None:
 
 def check_fsdp(model_args: ModelConfig) -> None:
     """FSDP flattens and shards float tensors only: 4-bit weights must be packed in the compute dtype."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true", "yes"):
+    if not fsdp_enabled():
         return
     if model_args.load_in_8bit:
         raise ConfigError("FSDP cannot shard an 8-bit base: use `load_in_4bit: true` (see "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -28,7 +27,7 @@ from .data import (
 )
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
 from .modeling import keep_4bit_weights_trainable_on_cpu, load_model, load_tokenizer, upcast_trainable_params
-from .preflight import check_free_disk, check_model_source, check_precision, check_process_group
+from .preflight import check_free_disk, check_model_source, check_precision, check_process_group, fsdp_enabled
 from .prompts import DEFAULT_CHAT_TEMPLATE, read_text
 
 logger = logging.getLogger(__name__)
@@ -201,7 +200,7 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     # otherwise continue in another precision than an uninterrupted one.
     upcast_trainable_params(trainer.model)
     if eval_args is not None and eval_args.rouge_eval_samples and eval_dataset is not None:
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
+        if fsdp_enabled():
             logger.warning("rouge_eval_samples is not supported under FSDP; evaluate.py scores the adapter instead.")
         else:
             from .callbacks import RougeCallback  # imported here: training alone needs no generation or rouge_score
