@@ -22,7 +22,6 @@ import shlex
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
@@ -262,13 +261,9 @@ def run_variant(name: str, opts) -> dict:
 def environment() -> dict:
     import torch
 
-    names = ["torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets"]
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = version(name)
-        except Exception:
-            versions[name] = None
+    from sumtune.manifest import package_versions
+
+    versions = package_versions(("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets"))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"device": device, "versions": versions}
 

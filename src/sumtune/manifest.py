@@ -24,9 +24,10 @@ TMP_SUFFIX = ".tmp"
 SECRET_KEYS = ("token", "password", "secret")
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each named distribution, None where it is not installed."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
