@@ -46,6 +46,9 @@ def parse_args():
     p.add_argument("--static", action="store_true", help="Also time generate() with a static KV cache (no compile).")
     p.add_argument("--compile-rows", type=int, default=0, help="Also time static cache + torch.compile on N rows.")
     p.add_argument("--skip", default="", help="Comma-separated variants to skip (stock_b1, stock_b64, nf4, ...).")
+    p.add_argument("--fp32-match-rows", type=int, default=0,
+                   help="Also compare greedy tokens in float32 on N rows: stock batch 1 vs the project path. "
+                        "Separates an algorithmic difference (would persist) from bf16 rounding near-ties.")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
     return p.parse_args()
 
@@ -57,13 +60,13 @@ def build_prompts(args, tokenizer) -> list[list[dict]]:
     return [f["prompt"] for f in fitted if f is not None][: args.rows]
 
 
-def build_model(args, device: str):
+def build_model(args, device: str, dtype: torch.dtype | None = None):
     config = PhiConfig.from_pretrained(args.assets)
     if args.tiny:
         config.update(dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=4))
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     return PhiForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
 
 
@@ -208,6 +211,21 @@ def main():
                    decode="generate()" + (", static cache, auto torch.compile" if kwargs else ", dynamic cache"),
                    batching=f"one batch of {n} median-length rows")
     del model
+    if args.fp32_match_rows:
+        # Same weights in float32 (no TF32): stock batch 1 and batch 64, and the project path, on the same rows.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        model = build_model(args, device, torch.float32)
+        rows = prompts[: args.fp32_match_rows]
+        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 1, args.new_tokens))
+        reference["fp32_b1"] = out
+        record("stock_fp32_b1", True, out, s, mem, "fp32_b1", decode="generate()", batching="batch 1, dataset order")
+        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 64, args.new_tokens))
+        record("stock_fp32_b64", True, out, s, mem, "fp32_b1", decode="generate()",
+               batching="batch 64, dataset order, left-padded")
+        out, s, mem = timed(device, lambda: project(model, budgets[0], rows))
+        record(f"project_fp32_tokens{budgets[0]}", False, out, s, mem, "fp32_b1", decode=loop,
+               batching=f"sorted, max_batch_tokens={budgets[0]}, batch_size<={args.batch_size}")
+        del model
     if "nf4" not in skip:
         import tempfile
 

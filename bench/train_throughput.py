@@ -67,6 +67,13 @@ LEVERS = {
     "bf16-bs16-nogc-pf-gelu": BF16 + bs(16) + PF + NOGC,
     "bf16-bs16-nogc-grouped-gelu": BF16 + bs(16) + GROUP + NOGC,
     "bf16-bs8-nogc-pf-gelu-compile": BF16 + bs(8) + ["--torch_compile", "true"] + PF + NOGC,
+    # Larger micro-batches with checkpointing: fewer kernel launches per token (the step is CPU-bound at batch 16).
+    "bf16-bs32-gc-grouped": BF16 + bs(32) + GROUP,
+    "bf16-bs48-gc-grouped": BF16 + bs(48) + GROUP,
+    "bf16-bs64-gc-grouped": BF16 + bs(64) + GROUP,
+    "bf16-bs64-gc-grouped-nodrop": BF16 + bs(64) + ["--lora_dropout", "0"] + GROUP,
+    "bf16-bs32-gc-grouped-compile": BF16 + bs(32) + ["--torch_compile", "true"] + GROUP,
+    "t4-bs16-gc-grouped": FP16 + bs(16) + GROUP,
     "fp16-bs8-nogc-pf-gelu": FP16 + bs(8) + PF + NOGC,
     "t4-bs8-gc-pf": FP16 + bs(8) + PF,
     "t4-bs8-gc-grouped": FP16 + bs(8) + GROUP,
@@ -78,6 +85,17 @@ for _name, _args in LEVERS.items():
     VARIANTS[_name] = {"recipe": _args[1], "args": _args[2:], "patch": ["gelu"] if "-gelu" in _name else [],
                        "cap": T4_GIB if _name.startswith("t4-") else None,
                        "data": "long" if "-long" in _name else "real"}
+# Several GPUs of one machine (issue 6): `launch` is the accelerate config the child runs under, one process per GPU.
+# Gradient accumulation stays what it is on one GPU, so each GPU does the same work per step as the 1-GPU variant.
+VARIANTS |= {
+    "qlora-ddp": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml"},
+    "qlora-fsdp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/fsdp_qlora.yaml"},
+    # DDP at the FSDP recipe's per-GPU settings: the memory comparison
+    "qlora-fsdp-settings-ddp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/multi_gpu.yaml"},
+    # CPU smoke test of the launch path (with --tiny)
+    "qlora-ddp-cpu": {"recipe": "recipes/phi-2/qlora.yaml", "args": ["--use_cpu", "true"],
+                      "launch": "accelerate_configs/multi_cpu.yaml"},
+}
 
 
 def log(msg: str) -> None:
@@ -215,8 +233,8 @@ def run_variant(name: str, opts) -> dict:
     if "stock" in spec:
         trainer = stock_trainer(spec["stock"], work / "phi-2-random", data_dir, out, steps, opts.global_batch)
     else:
-        trainer = recipe_trainer(spec["recipe"], spec.get("args", []), work / "phi-2-random", data_dir, out, steps,
-                                 opts.global_batch)
+        trainer = recipe_trainer(spec["recipe"], [*spec.get("args", []), *shlex.split(opts.override or "")],
+                                 work / "phi-2-random", data_dir, out, steps, opts.global_batch)
     if "gelu" in spec.get("patch", []):
         log(f"gelu_new -> gelu_pytorch_tanh in {patch_gelu(trainer.model)} MLPs")
 
@@ -229,6 +247,8 @@ def run_variant(name: str, opts) -> dict:
             marks.append((time.perf_counter(), trainer._total_train_tokens))
 
     trainer.add_callback(Meter())
+    if opts.profile:
+        trainer.add_callback(Profile(opts.warmup, opts.profile))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -238,6 +258,8 @@ def run_variant(name: str, opts) -> dict:
     logs = [e for e in trainer.state.log_history if "loss" in e]
     a = trainer.args
     return {
+        "process": trainer.accelerator.process_index,
+        "processes": trainer.accelerator.num_processes,
         "tokens_per_s": round((n1 - n0) / (t1 - t0), 1),
         "peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "loss": logs[-1]["loss"],
@@ -254,6 +276,49 @@ def run_variant(name: str, opts) -> dict:
                      "torch_compile": a.torch_compile,
                      "attn_implementation": trainer.model.config._attn_implementation},
     }
+
+
+class Profile:
+    """torch.profiler over the first timed optimizer step: where the time goes, written as text to `path`.
+
+    `gpu_busy_share` = summed CUDA kernel time / wall time of the step; well below 1 means the GPU waits on the CPU
+    (kernel launches, Python) rather than on its own work."""
+
+    def __new__(cls, warmup: int, path: str):
+        from transformers import TrainerCallback
+
+        class _Profile(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == warmup:
+                    import torch
+
+                    activities = [torch.profiler.ProfilerActivity.CPU]
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                        activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    self.prof = torch.profiler.profile(activities=activities)
+                    self.prof.start()
+                    self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == warmup + 1 and hasattr(self, "prof"):
+                    import torch
+
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    wall = time.perf_counter() - self.t0
+                    self.prof.stop()
+                    events = self.prof.key_averages()
+                    kernels = sum(e.self_device_time_total for e in events) / 1e6
+                    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+                    Path(path).write_text(
+                        f"step wall {wall:.3f} s, summed kernel time {kernels:.3f} s, "
+                        f"gpu_busy_share {kernels / wall:.2f}, kernels "
+                        f"{sum(e.count for e in events if e.device_type.name == 'CUDA')}\n\n"
+                        + events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
+                    log(f"profile written to {path}: gpu_busy_share {kernels / wall:.2f}")
+
+        return _Profile()
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -280,8 +345,11 @@ def main() -> None:
     parser.add_argument("--results", default="bench/results/train_throughput.jsonl")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per variant")
     parser.add_argument("--tiny", action="store_true", help="2-layer stand-in model (CPU smoke test)")
+    parser.add_argument("--gpus", type=int, default=2, help="processes for the variants that launch several")
     parser.add_argument("--child", help="run only this variant, in this process, on assets already built in --work")
     parser.add_argument("--save_adapter", help="with --child: save the trained adapter here")
+    parser.add_argument("--override", help="with --child: extra recipe arguments, e.g. '--per_device_train_batch_size 4'")
+    parser.add_argument("--profile", help="with --child: profile the first timed step, write the table to this file")
     opts = parser.parse_args()
 
     if opts.child:  # one variant in this process: print its result as the last line
@@ -302,22 +370,31 @@ def main() -> None:
     rows, ref, stock = [], None, {}  # stock variants run first when listed first: later rows compare against them
     for name in names:
         log(f"{name} ...")
-        argv = [sys.executable, __file__, "--child", name, "--work", str(work), "--steps", str(opts.steps),
+        spec = VARIANTS[name]
+        launch = [sys.executable]
+        if spec.get("launch"):  # one process per GPU under accelerate
+            launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", spec["launch"],
+                      "--num_processes", str(opts.gpus), "--main_process_port", str(29600 + len(rows))]
+        argv = [*launch, __file__, "--child", name, "--work", str(work), "--steps", str(opts.steps),
                 "--warmup", str(opts.warmup), "--global_batch", str(opts.global_batch)]
         start = time.time()
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, env=child_env)
             lines = (proc.stdout + proc.stderr).strip().splitlines()
-            result = next((json.loads(x[7:]) for x in reversed(proc.stdout.splitlines()) if x.startswith("RESULT ")),
-                          None)
+            results = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            # Several processes: rank 0's row (its token count is every rank's), with the largest peak of any GPU.
+            result = next((r for r in results if r.get("process", 0) == 0), None)
+            if result and len(results) > 1:
+                result["peak_gib_per_gpu"] = [r["peak_gib"] for r in sorted(results, key=lambda r: r["process"])]
+                result["peak_gib"] = max(result["peak_gib_per_gpu"], key=lambda g: g or 0)
             error = None if result else next((x for x in reversed(lines) if "Error" in x), lines[-1] if lines else "")
         except subprocess.TimeoutExpired:
             result, error, lines = None, f"timeout after {opts.timeout}s", []
         (work / "logs").mkdir(parents=True, exist_ok=True)
         (work / "logs" / f"{name}.log").write_text("\n".join(lines))
-        spec = VARIANTS[name]
         row = {"variant": name, "reference": bool(spec.get("reference")), **env, "date": date,
                "recipe": spec.get("recipe"), "overrides": spec.get("args", []), "bench_patches": spec.get("patch", []),
+               "launch": spec.get("launch"), "gpus": opts.gpus if spec.get("launch") else 1,
                "memory_cap_gib": spec.get("cap"), "data": spec.get("data", "real"), "steps": opts.steps,
                "warmup_steps": opts.warmup, "global_batch": opts.global_batch, "wall_s": round(time.time() - start),
                "command": command, **(result or {"error": error})}

@@ -78,6 +78,11 @@ def test_two_processes_write_every_row_once_as_one_process_does(runs):
     assert json.loads((runs["two"] / "manifest.json").read_text())["settings"] == json.loads(
         (runs["one"] / "manifest.json").read_text())["settings"]
     assert sorted(p.name for p in runs["two"].iterdir()) == ["manifest.json", "metrics.json", "predictions.jsonl"]
+    timing = {name: json.loads((runs[name] / "manifest.json").read_text())["generation"] for name in ("one", "two")}
+    assert [timing["one"]["rows"], timing["one"]["processes"]] == [ROWS, 1]
+    assert [timing["two"]["rows"], timing["two"]["processes"]] == [ROWS, 2]
+    assert timing["two"]["seconds"] > 0
+    assert timing["two"]["summaries_per_s"] == pytest.approx(ROWS / timing["two"]["seconds"], rel=0.1)  # rounding
     log = runs["logs"]["two"]
     assert "Process 0 of 2: generating 6 rows" in log and "Process 1 of 2: generating 6 rows" in log
     assert log.count("metrics written to") == 1  # only the main process reports

@@ -160,9 +160,10 @@ def finished_predictions(output_dir: Path, run_key: dict, ids: list[str]) -> lis
 
 def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: EvalArguments,
                      training_args: SFTConfig, model_args: ModelConfig, output_dir: Path, run_key: dict,
-                     state: PartialState) -> list[str] | None:
+                     state: PartialState) -> tuple[list[str], dict | None] | None:
     """Every row's prediction, generating only those not already in a partial file; each process generates its
-    share into its own partial file, which grows as they come. Returns them on the main process, None elsewhere."""
+    share into its own partial file, which grows as they come. Returns them on the main process with the generation
+    timing (None when nothing was generated), None elsewhere."""
     tokenizer = eval_tokenizer(eval_args, training_args, model_args)
     prompts = eval_prompts(rows, prepared, tokenizer, data_args, training_args.max_length)
     ids = [str(i) for i in rows["id"]]
@@ -170,7 +171,7 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
     if finished is not None:
         logger.info("%s already holds all %d predictions made with these settings; rescoring them.", output_dir,
                     len(ids))
-        return finished if state.is_main_process else None
+        return (finished, None) if state.is_main_process else None
     # Every process reads every partial file before any process changes one, so all agree on what is missing.
     done, stale = merge_partials(output_dir, run_key, ids)
     if stale and not eval_args.overwrite_output_dir:
@@ -191,28 +192,40 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
         for path in partial_files(output_dir):
             load_partial(path, run_key, ids, overwrite=True)
     state.wait_for_everyone()  # before any process appends
+    model = load_eval_model(eval_args, model_args, state) if share else None
+    state.wait_for_everyone()  # every model is loaded: the generation clock starts on all processes at once
+    start = time.perf_counter()
     if share:
         append_predictions(partial_path(output_dir, state.process_index), run_key, ids, prompts, share, tokenizer,
-                           eval_args, model_args, state)
+                           eval_args, model, state)
     state.wait_for_everyone()
+    seconds = time.perf_counter() - start
     if not state.is_main_process:
         return None
+    timing = {"rows": len(missing), "seconds": round(seconds, 2), "processes": state.num_processes,
+              "summaries_per_s": round(len(missing) / seconds, 2) if seconds > 0 else None}
+    logger.info("Generated %d summaries in %.1f s on %d process(es): %s per second.", len(missing), seconds,
+                state.num_processes, timing["summaries_per_s"])
     done, _ = merge_partials(output_dir, run_key, ids)
     if len(done) < len(ids):
         raise RunError(f"{len(ids) - len(done)} of {len(ids)} predictions are missing from the partial files in "
                        f"{output_dir}: re-run with the same settings to generate them.")
-    return [done[i] for i in range(len(ids))]
+    return [done[i] for i in range(len(ids))], timing
 
 
-def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, share: list[int], tokenizer,
-                       eval_args: EvalArguments, model_args: ModelConfig, state: PartialState) -> None:
-    """Generate the rows `share` and append each to `path` as soon as it is made."""
-    # Each process loads the whole model onto its own GPU (data parallel); on a CPU, where it is now.
+def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: PartialState):
+    """Each process loads the whole model onto its own GPU (data parallel); on a CPU, where it is now."""
     model = load_model(model_args, device=str(state.device) if state.device.type == "cuda" else None)
     if eval_args.adapter_path:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, eval_args.adapter_path)
+    return model
+
+
+def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, share: list[int], tokenizer,
+                       eval_args: EvalArguments, model, state: PartialState) -> None:
+    """Generate the rows `share` with `model` and append each to `path` as soon as it is made."""
     with path.open("ab") as handle:
         if handle.tell() == 0:
             handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
@@ -266,6 +279,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         raise ConfigError(f"--output_dir {output_dir} ends in {TMP_SUFFIX}, which marks unfinished outputs: pick "
                           "another name.")
     settings = {"mode": mode, "eval_split": eval_args.eval_split, "dataset": data_args.dataset_name}
+    timing = None
     if mode == "predictions_file":
         rows = read_predictions(eval_args.predictions_file)
         settings |= {"predictions_file": eval_args.predictions_file,
@@ -295,10 +309,11 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         check_output_dir(output_dir, settings, eval_args.overwrite_output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         if mode == "model":
-            predictions = generate_missing(dataset, prepared, data_args, eval_args, training_args, model_args,
-                                           output_dir, settings, state)
-            if predictions is None:
+            generated = generate_missing(dataset, prepared, data_args, eval_args, training_args, model_args,
+                                         output_dir, settings, state)
+            if generated is None:
                 return None  # the main process merges every process's predictions and writes the files
+            predictions, timing = generated
         rows = [{"id": str(i), "prediction": p, "reference": r}
                 for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=True)]
     if mode == "predictions_file":
@@ -314,8 +329,9 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     write_atomic(output_dir / PREDICTIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     config = {"data": dataclasses.asdict(data_args), "eval": dataclasses.asdict(eval_args),
               "model": dataclasses.asdict(model_args), "training": json.loads(training_args.to_json_string())}
+    # `generation`: rows generated by this run, wall seconds from every model loaded to the last row, summaries/s.
     write_manifest(output_dir, settings=settings, config=redact(config), dataset_fingerprint=dataset_fingerprint,
-                   prompt_hash=prompt_hash, num_rows=len(rows))
+                   prompt_hash=prompt_hash, num_rows=len(rows), generation=timing)
     # metrics.json last: its presence marks a complete evaluation.
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     for path in partial_files(output_dir):

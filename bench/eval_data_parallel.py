@@ -1,0 +1,120 @@
+"""Data-parallel evaluation: `evaluate.py` on one GPU, then under `accelerate launch` on N GPUs, same rows and model.
+
+One invocation builds a Phi-2-shaped random-weight bf16 model (config and tokenizer from --assets) and an XSum-like
+test file (the 500-row sample repeated --repeat times, ids made unique), runs the real `evaluate.py` once with one
+process and once with --gpus processes, and appends one JSON object per run to --results:
+summaries/s from the run's own manifest (`generation`: wall time from every model loaded to the last row), whether the
+predictions file holds every row exactly once in dataset order, and the share of rows equal to the 1-process run's.
+
+    python bench/eval_data_parallel.py --assets .device_assets --gpus 2          # on a machine with 2 GPUs
+    python bench/eval_data_parallel.py --assets ../shared --tiny --rows 24       # CPU smoke test (2 CPU processes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(assets: Path, work: Path, repeat: int, rows: int | None, tiny: bool) -> tuple[Path, Path]:
+    import torch
+    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
+
+    model_dir, data_dir = work / "model", work / "data"
+    if not (model_dir / "config.json").is_file():
+        config = PhiConfig.from_pretrained(assets / "phi-2")
+        if tiny:
+            config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256,
+                           "num_attention_heads": 4, "num_key_value_heads": 4})
+        torch.manual_seed(0)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = PhiForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+        model.save_pretrained(model_dir)
+        AutoTokenizer.from_pretrained(assets / "phi-2").save_pretrained(model_dir)
+    source = next(p for p in (assets / "xsum_test_sample_500.jsonl", assets / "data/xsum_test_sample_500.jsonl")
+                  if p.is_file())
+    sample = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = [{"id": f"{r['id']}-{k}", "document": r["document"], "summary": r["summary"]}
+           for k in range(repeat) for r in sample][:rows]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
+    return model_dir, data_dir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", default=".device_assets", help="folder with phi-2/ and xsum_test_sample_500.jsonl")
+    p.add_argument("--work", default="/tmp/sumtune-eval-dp")
+    p.add_argument("--gpus", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=6, help="copies of the 500-row sample (6: 3,000 rows)")
+    p.add_argument("--rows", type=int, help="cut the test file to this many rows")
+    p.add_argument("--new-tokens", type=int, default=26)
+    p.add_argument("--max-batch-tokens", type=int, default=65536, help="generation_max_batch_tokens")
+    p.add_argument("--results", default="bench/results/generate_throughput.jsonl")
+    p.add_argument("--tiny", action="store_true", help="2-layer model on CPU processes (smoke test)")
+    opts = p.parse_args()
+
+    import torch
+
+    from sumtune.manifest import package_versions
+
+    work = Path(opts.work)
+    model_dir, data_dir = build(Path(opts.assets), work, opts.repeat, opts.rows, opts.tiny)
+    common = ["evaluate.py", "--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", str(model_dir),
+              "--dataset_name", str(data_dir), "--load_in_4bit", "false", "--max_new_tokens", str(opts.new_tokens),
+              "--generation_max_batch_tokens", str(opts.max_batch_tokens), "--bootstrap_samples", "10",
+              "--report_to", "none", "--overwrite_output_dir", "true"]
+    if opts.tiny:
+        common += ["--dtype", "float32", "--bf16", "false"]
+    config = "accelerate_configs/multi_cpu.yaml" if opts.tiny else "accelerate_configs/multi_gpu.yaml"
+    runs = {
+        1: [sys.executable, *common],
+        opts.gpus: [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
+                    str(opts.gpus), "--main_process_port", "29650", *common, *(["--use_cpu", "true"] if opts.tiny else [])],
+    }
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    ids = [json.loads(line)["id"] for line in (data_dir / "test.jsonl").read_text().splitlines()]
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    predictions, rows = {}, []
+    for gpus, argv in runs.items():
+        out = work / f"out-{gpus}"
+        start = time.time()
+        proc = subprocess.run([*argv, "--output_dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+        (work / f"eval-{gpus}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            sys.exit(f"{gpus}-process evaluation failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+        manifest = json.loads((out / "manifest.json").read_text())
+        preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        predictions[gpus] = [r["prediction"] for r in preds]
+        one = predictions[1]
+        row = {"variant": f"sumtune evaluate.py, bf16, {gpus} process(es)", "stock": False, "device": device,
+               "gpus": gpus, "date": date, "versions": package_versions(("torch", "transformers", "accelerate")),
+               "rows": len(ids), "new_tokens": opts.new_tokens, "max_batch_tokens": opts.max_batch_tokens,
+               "summaries_per_s": manifest["generation"]["summaries_per_s"],
+               "generation_seconds": manifest["generation"]["seconds"], "wall_s": round(time.time() - start, 1),
+               "every_row_once_in_order": [r["id"] for r in preds] == ids,
+               "match_rate": sum(a == b for a, b in zip(predictions[gpus], one)) / len(one),
+               "match_reference": "the 1-process run", "peak_gib": None,
+               "command": "python " + shlex.join(sys.argv)}
+        rows.append(row)
+        print(f"{gpus} process(es): {row['summaries_per_s']} summaries/s over {len(ids)} rows, every row once in "
+              f"order: {row['every_row_once_in_order']}, same as 1 process: {row['match_rate']:.1%}", flush=True)
+    rows[-1]["speedup_vs_1"] = round(rows[-1]["summaries_per_s"] / rows[0]["summaries_per_s"], 2)
+    print(f"speed-up {opts.gpus} vs 1: {rows[-1]['speedup_vs_1']}x")
+    Path(opts.results).parent.mkdir(parents=True, exist_ok=True)
+    with open(opts.results, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+if __name__ == "__main__":
+    main()
