@@ -79,7 +79,8 @@ def main() -> None:
     runs = {
         1: [sys.executable, *common],
         opts.gpus: [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
-                    str(opts.gpus), "--main_process_port", "29650", *common, *(["--use_cpu", "true"] if opts.tiny else [])],
+                    str(opts.gpus), "--main_process_port", "29650", *common,
+                    *(["--use_cpu", "true"] if opts.tiny else [])],
     }
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     ids = [json.loads(line)["id"] for line in (data_dir / "test.jsonl").read_text().splitlines()]
@@ -103,7 +104,7 @@ def main() -> None:
                "summaries_per_s": manifest["generation"]["summaries_per_s"],
                "generation_seconds": manifest["generation"]["seconds"], "wall_s": round(time.time() - start, 1),
                "every_row_once_in_order": [r["id"] for r in preds] == ids,
-               "match_rate": sum(a == b for a, b in zip(predictions[gpus], one)) / len(one),
+               "match_rate": sum(a == b for a, b in zip(predictions[gpus], one, strict=True)) / len(one),
                "match_reference": "the 1-process run", "peak_gib": None,
                "command": "python " + shlex.join(sys.argv)}
         rows.append(row)

@@ -36,6 +36,10 @@ VARIANTS = {
     "qlora-t4": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB},
     "qlora-t4-long": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long"},
     "qlora-long": {"recipe": "recipes/phi-2/qlora.yaml", "data": "long"},
+    # The bf16 recipe with autocast's fp32 LayerNorm, as before sumtune.modeling.layer_norm_in_input_dtype
+    "qlora-autocast-ln": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["autocast-ln"]},
+    # One GPU at the FSDP recipe's per-GPU settings: the baseline of the multi-GPU variants below
+    "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
 }
 BF16 = ["--config", "recipes/phi-2/qlora.yaml"]
 FP16 = ["--config", "recipes/phi-2/qlora-t4.yaml"]
@@ -91,7 +95,8 @@ VARIANTS |= {
     "qlora-ddp": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml"},
     "qlora-fsdp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/fsdp_qlora.yaml"},
     # DDP at the FSDP recipe's per-GPU settings: the memory comparison
-    "qlora-fsdp-settings-ddp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/multi_gpu.yaml"},
+    "qlora-fsdp-settings-ddp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml",
+                                "launch": "accelerate_configs/multi_gpu.yaml"},
     # CPU smoke test of the launch path (with --tiny)
     "qlora-ddp-cpu": {"recipe": "recipes/phi-2/qlora.yaml", "args": ["--use_cpu", "true"],
                       "launch": "accelerate_configs/multi_cpu.yaml"},
@@ -237,6 +242,10 @@ def run_variant(name: str, opts) -> dict:
                                  work / "phi-2-random", data_dir, out, steps, opts.global_batch)
     if "gelu" in spec.get("patch", []):
         log(f"gelu_new -> gelu_pytorch_tanh in {patch_gelu(trainer.model)} MLPs")
+    if "autocast-ln" in spec.get("patch", []):  # undo layer_norm_in_input_dtype: the class's forward again
+        undone = [m.__dict__.pop("forward") for m in trainer.model.modules()
+                  if isinstance(m, torch.nn.LayerNorm) and "forward" in m.__dict__]
+        log(f"LayerNorm back under autocast (fp32) in {len(undone)} modules")
 
     marks = []
 
@@ -309,7 +318,8 @@ class Profile:
                     wall = time.perf_counter() - self.t0
                     self.prof.stop()
                     events = self.prof.key_averages()
-                    kernels = sum(e.self_device_time_total for e in events) / 1e6
+                    # kernel rows only (operator rows repeat their kernels' time)
+                    kernels = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e6
                     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
                     Path(path).write_text(
                         f"step wall {wall:.3f} s, summed kernel time {kernels:.3f} s, "
@@ -348,7 +358,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=2, help="processes for the variants that launch several")
     parser.add_argument("--child", help="run only this variant, in this process, on assets already built in --work")
     parser.add_argument("--save_adapter", help="with --child: save the trained adapter here")
-    parser.add_argument("--override", help="with --child: extra recipe arguments, e.g. '--per_device_train_batch_size 4'")
+    parser.add_argument("--override", help="with --child: extra recipe arguments ('--per_device_train_batch_size 4')")
     parser.add_argument("--profile", help="with --child: profile the first timed step, write the table to this file")
     opts = parser.parse_args()
 

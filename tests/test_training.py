@@ -5,8 +5,9 @@ import json
 import torch
 from conftest import ROOT
 
+from sumtune import modeling
 from sumtune.config import parse_args
-from sumtune.modeling import upcast_trainable_params
+from sumtune.modeling import layer_norm_in_input_dtype, upcast_trainable_params
 from sumtune.training import build_trainer, train
 
 
@@ -104,3 +105,35 @@ def test_rouge_is_logged_at_each_evaluation(tiny_model_dir, data_dir, tmp_path, 
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     assert {"eval/rouge1", "eval/rouge2", "eval/rougeL", "eval/loss"} <= tags
+
+
+def test_layer_norm_runs_in_its_input_dtype_with_autocast_off(monkeypatch):
+    """CUDA autocast would run Phi-2's LayerNorms in fp32 and turn the whole residual stream fp32; the bf16 recipes
+    run them in bf16 (statistics still accumulate in fp32 inside the kernel)."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    torch.manual_seed(0)
+    config = PhiConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    model = PhiForCausalLM(config).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        before = model(ids).logits
+    assert layer_norm_in_input_dtype(model) == 3  # one per decoder layer and the final one
+
+    calls = []
+    real = modeling.F.layer_norm
+
+    def spy(x, *args, **kwargs):
+        calls.append((x.dtype, torch.is_autocast_enabled("cpu")))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(modeling.F, "layer_norm", spy)
+    norm = model.model.final_layernorm
+    x = torch.randn(3, 5, 32).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    assert calls == [(torch.bfloat16, False)] and out.dtype == torch.bfloat16
+    exact = real(x.float(), (32,), norm.weight.float(), norm.bias.float(), norm.eps)
+    torch.testing.assert_close(out.float(), exact, rtol=2e-2, atol=2e-2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before)  # same function as before the switch

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import types
 
 import torch
+import torch.nn.functional as F
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_quantization_config
@@ -109,3 +111,29 @@ def keep_4bit_weights_trainable_on_cpu(model) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
+
+
+def layer_norm_in_input_dtype(model) -> int:
+    """Run every LayerNorm in its input's dtype under autocast, instead of autocast's fp32. Returns the count.
+
+    CUDA autocast runs `layer_norm` in fp32 and returns fp32. In Phi-2 one LayerNorm feeds attention and MLP, and
+    bitsandbytes' Linear4bit returns its input's dtype, so q/k/v/fc1 outputs, GELU, fc2 and the residual stream all
+    became fp32: two conversion copies around every 4-bit layer and every elementwise op in fp32 (a quarter of the GPU
+    time in a profile of the bf16 recipe; bench/results/train_throughput.md). The LayerNorm kernel accumulates its
+    statistics in fp32 for bf16 input, so only the output's rounding changes, to the bf16 a plain bf16 model uses.
+    For bf16 only: under fp16 (T4) Phi-2's activations can overflow, and there autocast's fp32 is kept. The weights are
+    frozen; no library offers this switch, hence the per-instance forward.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.forward = types.MethodType(_layer_norm_without_autocast, module)
+            changed += 1
+    return changed
+
+
+def _layer_norm_without_autocast(self, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)

@@ -26,7 +26,13 @@ from .data import (
     subsample,
 )
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
-from .modeling import keep_4bit_weights_trainable_on_cpu, load_model, load_tokenizer, upcast_trainable_params
+from .modeling import (
+    keep_4bit_weights_trainable_on_cpu,
+    layer_norm_in_input_dtype,
+    load_model,
+    load_tokenizer,
+    upcast_trainable_params,
+)
 from .preflight import check_free_disk, check_model_source, check_precision, check_process_group, fsdp_enabled
 from .prompts import DEFAULT_CHAT_TEMPLATE, read_text
 
@@ -184,6 +190,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     eval_dataset = dataset["validation"].select_columns(columns) if training_args.eval_strategy != "no" else None
     resolve_global_batch(training_args)
     model = load_model(model_args)
+    if training_args.bf16:
+        layer_norm_in_input_dtype(model)
     trainer = GuardedSFTTrainer(
         model=model,
         args=training_args,
