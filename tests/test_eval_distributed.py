@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, write_jsonl
 from helpers_crash import jsonl, script_args
 
-from sumtune.predictions import PARTIAL_FILE, deal_by_length, partial_files, partial_path
+from sumtune.generation import batch_cost, plan_batches
+from sumtune.predictions import PARTIAL_FILE, deal_batches, partial_files, partial_path
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 ROWS = 12
@@ -34,15 +35,18 @@ def cpu_env() -> dict:
                          "PYTHONUNBUFFERED": "1"}
 
 
-def test_deal_by_length_shares_every_row_once_and_balances_length():
-    lengths = [100, 5, 80, 60, 7, 90, 30, 31, 1]
-    shares = deal_by_length(lengths, 2)
-    assert sorted(i for share in shares for i in share) == list(range(len(lengths)))
-    assert [len(share) for share in shares] == [5, 4]
-    totals = [sum(lengths[i] for i in share) for share in shares]
-    assert abs(totals[0] - totals[1]) <= 20, totals  # plain round-robin would give 222 vs 182
-    assert deal_by_length(lengths, 1) == [list(range(len(lengths)))]
-    assert deal_by_length([3, 1], 4) == [[0], [1], [], []]  # more processes than rows: some generate nothing
+def test_whole_batches_are_dealt_once_each_with_balanced_cost():
+    lengths = [100, 5, 80, 60, 7, 90, 30, 31, 1, 64, 12, 50]
+    batches = plan_batches(lengths, max_new_tokens=10, batch_size=3, max_batch_tokens=250)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    costs = [batch_cost(lengths, b, 10) for b in batches]
+    shares = deal_batches(costs, 2)
+    assert sorted(k for share in shares for k in share) == list(range(len(batches)))  # every batch exactly once
+    assert all(share == sorted(share) for share in shares)  # longest batches first, as one process runs them
+    totals = [sum(costs[k] for k in share) for share in shares]
+    assert max(totals) - min(totals) <= max(costs), (totals, costs)
+    assert deal_batches(costs, 1) == [list(range(len(batches)))]
+    assert deal_batches([5, 3], 4) == [[0], [1], [], []]  # more processes than batches: some generate nothing
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,9 @@ def test_two_processes_write_every_row_once_as_one_process_does(runs):
     assert timing["two"]["seconds"] > 0
     assert timing["two"]["summaries_per_s"] == pytest.approx(ROWS / timing["two"]["seconds"], rel=0.1)  # rounding
     log = runs["logs"]["two"]
-    assert "Process 0 of 2: generating 6 rows" in log and "Process 1 of 2: generating 6 rows" in log
+    # 12 rows in batches of 2: each process runs 3 of the 6 batches one process makes
+    assert "Process 0 of 2: generating 6 rows in 3 batches" in log
+    assert "Process 1 of 2: generating 6 rows in 3 batches" in log
     assert log.count("metrics written to") == 1  # only the main process reports
 
 

@@ -33,7 +33,7 @@ from .data import (
     standardize,
     subsample,
 )
-from .generation import iter_summaries
+from .generation import batch_cost, encode_prompts, iter_summaries, plan_batches
 from .manifest import (
     TMP_SUFFIX,
     file_hash,
@@ -47,12 +47,11 @@ from .metrics import ROUGE_TYPES, compute_rouge
 from .modeling import load_model, load_tokenizer
 from .predictions import (
     PARTIAL_PREFIX,
-    deal_by_length,
+    deal_batches,
     load_partial,
     merge_partials,
     partial_files,
     partial_path,
-    prompt_chars,
 )
 from .preflight import check_adapter, check_model_source, check_precision, check_process_group
 from .prompts import DEFAULT_CHAT_TEMPLATE, read_text, template_hash
@@ -181,12 +180,23 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
     if done and state.is_main_process:
         logger.info("Resuming: %d of %d predictions already made; generating %d.", len(done), len(prompts),
                     len(missing))
-    share = missing
+    # The batches one process would make of the missing rows; each process generates a share of whole batches, so a
+    # row meets the same batch-mates, padding and kernel shapes whatever the number of processes.
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, [prompts[i] for i in missing])]
+    batches = plan_batches(lengths, eval_args.max_new_tokens, eval_args.num_beams, eval_args.generation_batch_size,
+                           eval_args.generation_max_batch_tokens)
     if state.num_processes > 1:
-        dealt = deal_by_length([prompt_chars(prompts[i]) for i in missing], state.num_processes)
-        share = [missing[j] for j in dealt[state.process_index]]
-        logger.info("Process %d of %d: generating %d rows (%d prompt characters).", state.process_index,
-                    state.num_processes, len(share), sum(prompt_chars(prompts[i]) for i in share))
+        costs = [batch_cost(lengths, batch, eval_args.max_new_tokens) for batch in batches]
+        mine = deal_batches(costs, state.num_processes)[state.process_index]
+        batches = [batches[k] for k in mine]
+        logger.info("Process %d of %d: generating %d rows in %d batches (%d of %d KV-cache tokens).",
+                    state.process_index, state.num_processes, sum(len(b) for b in batches), len(batches),
+                    sum(costs[k] for k in mine), sum(costs))
+    share = [missing[j] for batch in batches for j in batch]  # row indices, in generation order
+    local, start = [], 0  # the same batches as positions in `share`
+    for batch in batches:
+        local.append(list(range(start, start + len(batch))))
+        start += len(batch)
     state.wait_for_everyone()  # every process has read the partial files
     if state.is_main_process:  # drop stale files, cut lines a kill left short, so appended lines are read
         for path in partial_files(output_dir):
@@ -196,8 +206,8 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
     state.wait_for_everyone()  # every model is loaded: the generation clock starts on all processes at once
     start = time.perf_counter()
     if share:
-        append_predictions(partial_path(output_dir, state.process_index), run_key, ids, prompts, share, tokenizer,
-                           eval_args, model, state)
+        append_predictions(partial_path(output_dir, state.process_index), run_key, ids, prompts, share, local,
+                           tokenizer, eval_args, model, state)
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if not state.is_main_process:
@@ -223,16 +233,17 @@ def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: Pa
     return model
 
 
-def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, share: list[int], tokenizer,
-                       eval_args: EvalArguments, model, state: PartialState) -> None:
-    """Generate the rows `share` with `model` and append each to `path` as soon as it is made."""
+def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, share: list[int],
+                       batches: list[list[int]], tokenizer, eval_args: EvalArguments, model,
+                       state: PartialState) -> None:
+    """Generate the rows `share` in `batches` (positions in `share`) and append each to `path` as soon as made."""
     with path.open("ab") as handle:
         if handle.tell() == 0:
             handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
         last_sync = time.monotonic()
         for j, text in iter_summaries(model, tokenizer, [prompts[i] for i in share], eval_args.max_new_tokens,
                                       eval_args.num_beams, eval_args.generation_batch_size,
-                                      max_batch_tokens=eval_args.generation_max_batch_tokens):
+                                      max_batch_tokens=eval_args.generation_max_batch_tokens, batches=batches):
             index = share[j]
             line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
             handle.write((line + "\n").encode("utf-8"))

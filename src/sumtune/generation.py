@@ -113,24 +113,45 @@ def greedy_batch(model, input_ids, attention_mask, max_new_tokens: int, eos: int
     return out
 
 
+def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversational prompt rendered with the chat template (generation prompt included)."""
+    return tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
+
+
+def plan_batches(lengths: list[int], max_new_tokens: int = 64, num_beams: int = 1, batch_size: int = 16,
+                 max_batch_tokens: int | None = None) -> list[list[int]]:
+    """The batches `iter_token_ids` generates, as lists of indices into `lengths` (prompt token counts)."""
+    budget = None if max_batch_tokens is None else max_batch_tokens // num_beams  # each beam holds its own cache
+    return list(token_budget_batches(lengths, max_new_tokens, batch_size, budget))
+
+
+def batch_cost(lengths: list[int], batch: list[int], max_new_tokens: int) -> int:
+    """Tokens a batch holds in its KV cache: rows x (longest prompt + new tokens); its work is about proportional."""
+    return len(batch) * (max(lengths[i] for i in batch) + max_new_tokens)
+
+
 @torch.inference_mode()
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
+                   batches: list[list[int]] | None = None,
                    **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
+    `batches` (lists of indices into prompts) replaces the batching of `plan_batches`: data-parallel evaluation
+    passes each process its share of the batches one process would make, so rows are generated in the same batches.
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`).
     """
     if tokenizer.padding_side != "left":
         # Decoder-only models continue from the last position: right padding would put pads before the summary.
         tokenizer.padding_side = "left"
-    encoded = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
+    encoded = encode_prompts(tokenizer, prompts)
     model.eval()
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    budget = None if max_batch_tokens is None else max_batch_tokens // num_beams  # each beam holds its own cache
-    for batch in token_budget_batches([len(ids) for ids in encoded], max_new_tokens, batch_size, budget):
+    if batches is None:
+        batches = plan_batches([len(ids) for ids in encoded], max_new_tokens, num_beams, batch_size, max_batch_tokens)
+    for batch in batches:
         inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
         # generate() derives position_ids from the attention mask, so left padding does not shift positions, and
         # it stops a batch once every row has emitted EOS (finished rows are filled with pad).

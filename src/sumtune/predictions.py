@@ -72,22 +72,19 @@ def load_partial(path: Path, run_key: dict, ids: list[str], overwrite: bool) -> 
     return done
 
 
-def deal_by_length(lengths: list[int], shares: int) -> list[list[int]]:
-    """Indices into `lengths` dealt into `shares` lists of near-equal count and total length.
+def deal_batches(costs: list[int], shares: int) -> list[list[int]]:
+    """Indices into `costs` (one per batch) dealt into `shares` lists of near-equal total cost, each in index order.
 
-    Longest first, dealt back and forth (0, 1, ..., n-1, n-1, ..., 0, ...) so no share always gets the longer of
-    each round."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    Whole batches, not rows, are dealt, so every row is generated in the same batch (same padding, same kernel
+    shapes) whatever the number of processes. Largest first, each to the share with the least so far."""
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     dealt: list[list[int]] = [[] for _ in range(shares)]
-    for position, index in enumerate(order):
-        rank, turn = position % shares, position // shares
-        dealt[rank if turn % 2 == 0 else shares - 1 - rank].append(index)
+    load = [0] * shares
+    for index in order:
+        rank = min(range(shares), key=lambda r: (load[r], r))
+        dealt[rank].append(index)
+        load[rank] += costs[index]
     return [sorted(share) for share in dealt]
-
-
-def prompt_chars(prompt) -> int:
-    """A prompt's length in characters: proportional to its token count for balancing, without tokenizing."""
-    return sum(len(message["content"]) for message in prompt) if isinstance(prompt, list) else len(prompt)
 
 
 def merge_partials(output_dir: Path, run_key: dict, ids: list[str]) -> tuple[dict[int, str], list[Path]]:
