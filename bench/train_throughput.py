@@ -255,9 +255,39 @@ def run_variant(name: str, opts) -> dict:
                 torch.cuda.synchronize()
             marks.append((time.perf_counter(), trainer._total_train_tokens))
 
+    class Profile(TrainerCallback):
+        """torch.profiler over the first timed optimizer step, written as a table to --profile. gpu_busy_share =
+        summed kernel time / wall time of the step: well below 1 means the GPU waits on the CPU (launches, Python)."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == opts.warmup:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if cuda:
+                    torch.cuda.synchronize()
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.start()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == opts.warmup + 1 and hasattr(self, "prof"):
+                if cuda:
+                    torch.cuda.synchronize()
+                wall = time.perf_counter() - self.t0
+                self.prof.stop()
+                events = self.prof.key_averages()
+                gpu = [e for e in events if e.device_type.name == "CUDA"]  # kernel rows; operator rows repeat them
+                busy = sum(e.self_device_time_total for e in gpu) / 1e6
+                Path(opts.profile).write_text(
+                    f"step wall {wall:.3f} s, summed kernel time {busy:.3f} s, gpu_busy_share {busy / wall:.2f}, "
+                    f"kernels {sum(e.count for e in gpu)}\n\n"
+                    + events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=40,
+                                   max_name_column_width=70))
+                log(f"profile written to {opts.profile}: gpu_busy_share {busy / wall:.2f}")
+
     trainer.add_callback(Meter())
     if opts.profile:
-        trainer.add_callback(Profile(opts.warmup, opts.profile))
+        trainer.add_callback(Profile())
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -285,50 +315,6 @@ def run_variant(name: str, opts) -> dict:
                      "torch_compile": a.torch_compile,
                      "attn_implementation": trainer.model.config._attn_implementation},
     }
-
-
-class Profile:
-    """torch.profiler over the first timed optimizer step: where the time goes, written as text to `path`.
-
-    `gpu_busy_share` = summed CUDA kernel time / wall time of the step; well below 1 means the GPU waits on the CPU
-    (kernel launches, Python) rather than on its own work."""
-
-    def __new__(cls, warmup: int, path: str):
-        from transformers import TrainerCallback
-
-        class _Profile(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                if state.global_step == warmup:
-                    import torch
-
-                    activities = [torch.profiler.ProfilerActivity.CPU]
-                    if torch.cuda.is_available():
-                        torch.cuda.synchronize()
-                        activities.append(torch.profiler.ProfilerActivity.CUDA)
-                    self.prof = torch.profiler.profile(activities=activities)
-                    self.prof.start()
-                    self.t0 = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == warmup + 1 and hasattr(self, "prof"):
-                    import torch
-
-                    if torch.cuda.is_available():
-                        torch.cuda.synchronize()
-                    wall = time.perf_counter() - self.t0
-                    self.prof.stop()
-                    events = self.prof.key_averages()
-                    # kernel rows only (operator rows repeat their kernels' time)
-                    kernels = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e6
-                    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-                    Path(path).write_text(
-                        f"step wall {wall:.3f} s, summed kernel time {kernels:.3f} s, "
-                        f"gpu_busy_share {kernels / wall:.2f}, kernels "
-                        f"{sum(e.count for e in events if e.device_type.name == 'CUDA')}\n\n"
-                        + events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
-                    log(f"profile written to {path}: gpu_busy_share {kernels / wall:.2f}")
-
-        return _Profile()
 
 
 # ------------------------------------------------------------------------------------------------------ driver

@@ -182,7 +182,8 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
                     len(missing))
     # The batches one process would make of the missing rows; each process generates a share of whole batches, so a
     # row meets the same batch-mates, padding and kernel shapes whatever the number of processes.
-    lengths = [len(ids) for ids in encode_prompts(tokenizer, [prompts[i] for i in missing])]
+    encoded = encode_prompts(tokenizer, [prompts[i] for i in missing])
+    lengths = [len(ids) for ids in encoded]
     batches = plan_batches(lengths, eval_args.max_new_tokens, eval_args.num_beams, eval_args.generation_batch_size,
                            eval_args.generation_max_batch_tokens)
     if state.num_processes > 1:
@@ -193,6 +194,7 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
                     state.process_index, state.num_processes, sum(len(b) for b in batches), len(batches),
                     sum(costs[k] for k in mine), sum(costs))
     share = [missing[j] for batch in batches for j in batch]  # row indices, in generation order
+    share_encoded = [encoded[j] for batch in batches for j in batch]
     local, start = [], 0  # the same batches as positions in `share`
     for batch in batches:
         local.append(list(range(start, start + len(batch))))
@@ -206,8 +208,8 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
     state.wait_for_everyone()  # every model is loaded: the generation clock starts on all processes at once
     start = time.perf_counter()
     if share:
-        append_predictions(partial_path(output_dir, state.process_index), run_key, ids, prompts, share, local,
-                           tokenizer, eval_args, model, state)
+        append_predictions(partial_path(output_dir, state.process_index), run_key, ids, prompts, share,
+                           share_encoded, local, tokenizer, eval_args, model)
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if not state.is_main_process:
@@ -234,16 +236,18 @@ def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: Pa
 
 
 def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, share: list[int],
-                       batches: list[list[int]], tokenizer, eval_args: EvalArguments, model,
-                       state: PartialState) -> None:
-    """Generate the rows `share` in `batches` (positions in `share`) and append each to `path` as soon as made."""
+                       encoded: list[list[int]], batches: list[list[int]], tokenizer, eval_args: EvalArguments,
+                       model) -> None:
+    """Generate the rows `share` (token ids `encoded`) in `batches` (positions in `share`) and append each to `path`
+    as soon as it is made."""
     with path.open("ab") as handle:
         if handle.tell() == 0:
             handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
         last_sync = time.monotonic()
         for j, text in iter_summaries(model, tokenizer, [prompts[i] for i in share], eval_args.max_new_tokens,
                                       eval_args.num_beams, eval_args.generation_batch_size,
-                                      max_batch_tokens=eval_args.generation_max_batch_tokens, batches=batches):
+                                      max_batch_tokens=eval_args.generation_max_batch_tokens, batches=batches,
+                                      encoded=encoded):
             index = share[j]
             line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
             handle.write((line + "\n").encode("utf-8"))

@@ -133,19 +133,21 @@ def batch_cost(lengths: list[int], batch: list[int], max_new_tokens: int) -> int
 @torch.inference_mode()
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
-                   batches: list[list[int]] | None = None,
+                   batches: list[list[int]] | None = None, encoded: list[list[int]] | None = None,
                    **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
     `batches` (lists of indices into prompts) replaces the batching of `plan_batches`: data-parallel evaluation
     passes each process its share of the batches one process would make, so rows are generated in the same batches.
+    `encoded`: the prompts' token ids when the caller already has them (`encode_prompts`).
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`).
     """
     if tokenizer.padding_side != "left":
         # Decoder-only models continue from the last position: right padding would put pads before the summary.
         tokenizer.padding_side = "left"
-    encoded = encode_prompts(tokenizer, prompts)
+    if encoded is None:
+        encoded = encode_prompts(tokenizer, prompts)
     model.eval()
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
