@@ -107,6 +107,31 @@ def test_rouge_is_logged_at_each_evaluation(tiny_model_dir, data_dir, tmp_path, 
     assert {"eval/rouge1", "eval/rouge2", "eval/rougeL", "eval/loss"} <= tags
 
 
+def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, data_dir, tmp_path, in_repo):
+    """With checkpointing on every 2nd layer, layer 0 runs its LayerNorm twice per step (forward, then the recompute
+    in backward; the recompute stops early, before the layer's last modules) and layer 1 once; the losses and trained adapter equal full checkpointing's (the same math)."""
+    runs = {}
+    for every in (1, 2):
+        torch.manual_seed(0)
+        data_args, _, training_args, model_args = recipe_args(
+            tiny_model_dir, data_dir, tmp_path / f"run{every}", "--gradient_checkpointing", "true",
+            "--checkpoint_every_n_layers", str(every), "--max_steps", "2")
+        trainer = build_trainer(data_args, training_args, model_args)
+        layers = trainer.model.base_model.model.model.layers
+        calls = [0] * len(layers)
+        for i, layer in enumerate(layers):
+            layer.input_layernorm.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        trainer.train()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        runs[every] = calls, [layer.gradient_checkpointing for layer in layers], losses, adapter
+    assert runs[1][:2] == ([4, 4], [True, True])  # 2 steps x (forward + recompute)
+    assert runs[2][:2] == ([4, 2], [True, False])
+    assert runs[1][2] == runs[2][2]
+    for name, weight in runs[1][3].items():
+        torch.testing.assert_close(runs[2][3][name], weight)
+
+
 def test_layer_norm_runs_in_its_input_dtype_with_autocast_off(monkeypatch):
     """CUDA autocast would run Phi-2's LayerNorms in fp32 and turn the whole residual stream fp32; the bf16 recipes
     run them in bf16 (statistics still accumulate in fp32 inside the kernel)."""

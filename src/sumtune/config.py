@@ -107,6 +107,11 @@ class TrainArguments(SFTConfig):
         metadata={"help": "Sequences per optimizer step over all processes; gradient_accumulation_steps is then "
                           "derived as global_batch_size / (per_device_train_batch_size x processes)."},
     )
+    checkpoint_every_n_layers: int = field(
+        default=1,
+        metadata={"help": "With gradient_checkpointing: recompute only every n-th decoder layer (1 = all of them); "
+                          "the others keep their activations, which is faster and takes more memory."},
+    )
 
 
 def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -138,6 +143,9 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
                         f"(see {T4_RECIPE}), on Ampere or newer use `bf16: true`.")
     if training_args.bf16 and model_args.dtype == "float16":
         problems.append("`bf16: true` with `dtype: float16` mixes two half precisions: set `dtype: bfloat16`.")
+    if training_args.checkpoint_every_n_layers < 1:
+        problems.append("`checkpoint_every_n_layers` must be at least 1 (1 = checkpoint every layer), got "
+                        f"{training_args.checkpoint_every_n_layers}.")
     if training_args.global_batch_size is not None:
         if training_args.global_batch_size % training_args.per_device_train_batch_size:
             problems.append(f"`global_batch_size` ({training_args.global_batch_size}) must be a multiple of "

@@ -27,6 +27,7 @@ from .data import (
 )
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
 from .modeling import (
+    checkpoint_every_n_layers,
     keep_4bit_weights_trainable_on_cpu,
     layer_norm_in_input_dtype,
     load_model,
@@ -125,6 +126,19 @@ class NonFiniteGuard(TrainerCallback):
                 self._stop(args, state, f"{self.fp16_skips} fp16 overflow steps in a row (the grad scaler gave up)")
 
 
+class PartialCheckpointing(TrainerCallback):
+    """`checkpoint_every_n_layers`, applied when training starts: the Trainer turns checkpointing on for every layer
+    at the start of `train()`, after anything done to the model before."""
+
+    def __init__(self, every_n_layers: int):
+        self.every_n_layers = every_n_layers
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        checkpointed, layers = checkpoint_every_n_layers(model, self.every_n_layers)
+        logger.info("Gradient checkpointing on %d of %d decoder layers (every %d-th).", checkpointed, layers,
+                    self.every_n_layers)
+
+
 class GuardedSFTTrainer(SFTTrainer):
     """SFTTrainer that shows each micro-batch's loss to the NonFiniteGuard (callbacks never see the loss)."""
 
@@ -201,6 +215,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
         peft_config=get_peft_config(model_args),
         guard=NonFiniteGuard(),
     )
+    if training_args.gradient_checkpointing and training_args.checkpoint_every_n_layers > 1:
+        trainer.add_callback(PartialCheckpointing(training_args.checkpoint_every_n_layers))
     if not torch.cuda.is_available():
         keep_4bit_weights_trainable_on_cpu(trainer.model)
     # TRL casts QLoRA adapters to bf16. Keep them in fp32: fp16's grad scaler cannot unscale bf16 gradients, bf16
