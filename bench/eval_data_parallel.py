@@ -5,6 +5,8 @@ test file (the 500-row sample repeated --repeat times, ids made unique), runs th
 process and once with --gpus processes, and appends one JSON object per run to --results:
 summaries/s from the run's own manifest (`generation`: wall time from every model loaded to the last row), whether the
 predictions file holds every row exactly once in dataset order, and the share of rows equal to the 1-process run's.
+--recheck then runs the 1-process evaluation again on GPU 0 and on GPU 1: how much of the N-process mismatch is
+run-to-run variation, how much the other GPU.
 
     python bench/eval_data_parallel.py --assets .device_assets --gpus 2          # on a machine with 2 GPUs
     python bench/eval_data_parallel.py --assets ../shared --tiny --rows 24       # CPU smoke test (2 CPU processes)
@@ -61,6 +63,7 @@ def main() -> None:
     p.add_argument("--max-batch-tokens", type=int, default=65536, help="generation_max_batch_tokens")
     p.add_argument("--results", default="bench/results/generate_throughput.jsonl")
     p.add_argument("--tiny", action="store_true", help="2-layer model on CPU processes (smoke test)")
+    p.add_argument("--recheck", action="store_true", help="then 1 process again, on GPU 0 and on GPU 1")
     opts = p.parse_args()
 
     import torch
@@ -76,42 +79,49 @@ def main() -> None:
     if opts.tiny:
         common += ["--dtype", "float32", "--bf16", "false"]
     config = "accelerate_configs/multi_cpu.yaml" if opts.tiny else "accelerate_configs/multi_gpu.yaml"
+    # name -> (processes, visible GPUs or None for all, argv)
     runs = {
-        1: [sys.executable, *common],
-        opts.gpus: [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
-                    str(opts.gpus), "--main_process_port", "29650", *common,
-                    *(["--use_cpu", "true"] if opts.tiny else [])],
+        "1": (1, None, [sys.executable, *common]),
+        str(opts.gpus): (opts.gpus, None, [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
+            str(opts.gpus), "--main_process_port", "29650", *common, *(["--use_cpu", "true"] if opts.tiny else [])]),
     }
+    if opts.recheck:
+        runs |= {f"1-again-gpu{g}": (1, str(g), [sys.executable, *common]) for g in range(min(2, opts.gpus))}
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     ids = [json.loads(line)["id"] for line in (data_dir / "test.jsonl").read_text().splitlines()]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     predictions, rows = {}, []
-    for gpus, argv in runs.items():
-        out = work / f"out-{gpus}"
+    for name, (gpus, visible, argv) in runs.items():
+        out = work / f"out-{name}"
         start = time.time()
-        proc = subprocess.run([*argv, "--output_dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
-        (work / f"eval-{gpus}.log").write_text(proc.stdout + proc.stderr)
+        run_env = env if visible is None else dict(env, CUDA_VISIBLE_DEVICES=visible)
+        proc = subprocess.run([*argv, "--output_dir", str(out)], cwd=ROOT, env=run_env, capture_output=True, text=True)
+        (work / f"eval-{name}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            sys.exit(f"{gpus}-process evaluation failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+            sys.exit(f"{name}-process evaluation failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
         manifest = json.loads((out / "manifest.json").read_text())
         preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-        predictions[gpus] = [r["prediction"] for r in preds]
-        one = predictions[1]
-        row = {"variant": f"sumtune evaluate.py, bf16, {gpus} process(es)", "stock": False, "device": device,
-               "gpus": gpus, "date": date, "versions": package_versions(("torch", "transformers", "accelerate")),
+        predictions[name] = [r["prediction"] for r in preds]
+        one = predictions["1"]
+        where = "" if visible is None else f", again, GPU {visible} only"
+        row = {"variant": f"sumtune evaluate.py, bf16, {gpus} process(es){where}", "stock": False, "device": device,
+               "gpus": gpus, "visible_gpus": visible, "date": date,
+               "versions": package_versions(("torch", "transformers", "accelerate")),
                "rows": len(ids), "new_tokens": opts.new_tokens, "max_batch_tokens": opts.max_batch_tokens,
                "summaries_per_s": manifest["generation"]["summaries_per_s"],
                "generation_seconds": manifest["generation"]["seconds"], "wall_s": round(time.time() - start, 1),
                "every_row_once_in_order": [r["id"] for r in preds] == ids,
-               "match_rate": sum(a == b for a, b in zip(predictions[gpus], one, strict=True)) / len(one),
+               "match_rate": sum(a == b for a, b in zip(predictions[name], one, strict=True)) / len(one),
                "match_reference": "the 1-process run", "peak_gib": None,
                "command": "python " + shlex.join(sys.argv)}
         rows.append(row)
-        print(f"{gpus} process(es): {row['summaries_per_s']} summaries/s over {len(ids)} rows, every row once in "
-              f"order: {row['every_row_once_in_order']}, same as 1 process: {row['match_rate']:.1%}", flush=True)
-    rows[-1]["speedup_vs_1"] = round(rows[-1]["summaries_per_s"] / rows[0]["summaries_per_s"], 2)
-    print(f"speed-up {opts.gpus} vs 1: {rows[-1]['speedup_vs_1']}x")
+        print(f"{name} process(es){where}: {row['summaries_per_s']} summaries/s over {len(ids)} rows, every row "
+              f"once in order: {row['every_row_once_in_order']}, same as 1 process: {row['match_rate']:.1%}",
+              flush=True)
+    rows[1]["speedup_vs_1"] = round(rows[1]["summaries_per_s"] / rows[0]["summaries_per_s"], 2)
+    print(f"speed-up {opts.gpus} vs 1: {rows[1]['speedup_vs_1']}x")
     Path(opts.results).parent.mkdir(parents=True, exist_ok=True)
     with open(opts.results, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -109,7 +109,8 @@ def test_rouge_is_logged_at_each_evaluation(tiny_model_dir, data_dir, tmp_path, 
 
 def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, data_dir, tmp_path, in_repo):
     """With checkpointing on every 2nd layer, layer 0 runs its LayerNorm twice per step (forward, then the recompute
-    in backward; the recompute stops early, before the layer's last modules) and layer 1 once; the losses and trained adapter equal full checkpointing's (the same math)."""
+    in backward; the recompute stops early, before the layer's last modules) and layer 1 once. The losses and the
+    trained adapter equal full checkpointing's (the same math)."""
     runs = {}
     for every in (1, 2):
         torch.manual_seed(0)
@@ -120,7 +121,7 @@ def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, 
         layers = trainer.model.base_model.model.model.layers
         calls = [0] * len(layers)
         for i, layer in enumerate(layers):
-            layer.input_layernorm.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+            layer.input_layernorm.register_forward_hook(lambda *_, i=i, calls=calls: calls.__setitem__(i, calls[i] + 1))
         trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
