@@ -48,6 +48,7 @@ PF = ["--padding_free", "true"]
 GROUP = ["--train_sampling_strategy", "group_by_length"]
 NODROP = ["--lora_dropout", "0"]
 SAC = ["--gradient_checkpointing_kwargs", '{"use_reentrant": false, "selective": true}']  # TRL: keep attention
+KEEPMM = ["--checkpoint_keep_matmuls", "true"]  # sumtune: keep matmul and attention outputs, recompute the rest
 
 
 def gc_every(n: int) -> list[str]:  # checkpoint every n-th decoder layer (sumtune's checkpoint_every_n_layers)
@@ -60,7 +61,8 @@ def bs(n: int) -> list[str]:
 
 # Names: precision, micro-batch, checkpointing (gc/nogc), pf = padding-free, grouped = length-grouped sampler,
 # gelu = fused tanh GELU (bench patch), nodrop = lora_dropout 0, long = the longest rows only (memory worst case),
-# gcN = checkpointing on every N-th decoder layer only, sac = TRL's selective checkpointing (attention output kept).
+# gcN = checkpointing on every N-th decoder layer only, sac = TRL's selective checkpointing (attention output kept),
+# keepmm = checkpoint_keep_matmuls (matmul and attention outputs kept, the rest recomputed).
 LEVERS = {
     "bf16-bs8-gc": BF16 + bs(8),
     "bf16-bs16-gc": BF16 + bs(16),
@@ -92,6 +94,8 @@ LEVERS = {
     "bf16-bs16-gc2-grouped-nodrop": BF16 + bs(16) + gc_every(2) + NODROP + GROUP,
     "bf16-bs16-gc4-grouped-nodrop": BF16 + bs(16) + gc_every(4) + NODROP + GROUP,
     "bf16-bs32-sac-grouped-nodrop": BF16 + bs(32) + SAC + NODROP + GROUP,
+    "bf16-bs16-keepmm-grouped-nodrop": BF16 + bs(16) + KEEPMM + NODROP + GROUP,
+    "bf16-bs32-keepmm-grouped-nodrop": BF16 + bs(32) + KEEPMM + NODROP + GROUP,
     "t4-bs16-gc-grouped": FP16 + bs(16) + GROUP,
     "fp16-bs8-nogc-pf-gelu": FP16 + bs(8) + PF + NOGC,
     "t4-bs8-gc-pf": FP16 + bs(8) + PF,
@@ -328,6 +332,7 @@ def run_variant(name: str, opts) -> dict:
                      "gradient_checkpointing": a.gradient_checkpointing,
                      "gradient_checkpointing_kwargs": a.gradient_checkpointing_kwargs,
                      "checkpoint_every_n_layers": getattr(a, "checkpoint_every_n_layers", 1),
+                     "checkpoint_keep_matmuls": getattr(a, "checkpoint_keep_matmuls", False),
                      "lora_dropout": next(iter(trainer.model.peft_config.values())).lora_dropout
                      if hasattr(trainer.model, "peft_config") else None,
                      "padding_free": a.padding_free,
