@@ -72,11 +72,11 @@ LEVERS = {
     "bf16-bs8-nogc-grouped": BF16 + bs(8) + GROUP + NOGC,
     "bf16-bs4-nogc-grouped": BF16 + bs(4) + GROUP + NOGC,
     "bf16-bs8-nogc-grouped-gelu": BF16 + bs(8) + GROUP + NOGC,
-    "bf16-bs8-nogc-grouped-gelu-nodrop": BF16 + bs(8) + ["--lora_dropout", "0"] + GROUP + NOGC,
+    "bf16-bs8-nogc-grouped-gelu-nodrop": BF16 + bs(8) + NODROP + GROUP + NOGC,
     "bf16-bs8-nogc-grouped-gelu-compile": BF16 + bs(8) + ["--torch_compile", "true"] + GROUP + NOGC,
     "bf16-bs8-nogc-pf": BF16 + bs(8) + PF + NOGC,
     "bf16-bs8-nogc-pf-gelu": BF16 + bs(8) + PF + NOGC,
-    "bf16-bs8-nogc-pf-gelu-nodrop": BF16 + bs(8) + ["--lora_dropout", "0"] + PF + NOGC,
+    "bf16-bs8-nogc-pf-gelu-nodrop": BF16 + bs(8) + NODROP + PF + NOGC,
     "bf16-bs16-nogc-pf-gelu": BF16 + bs(16) + PF + NOGC,
     "bf16-bs16-nogc-grouped-gelu": BF16 + bs(16) + GROUP + NOGC,
     "bf16-bs8-nogc-pf-gelu-compile": BF16 + bs(8) + ["--torch_compile", "true"] + PF + NOGC,
@@ -84,7 +84,7 @@ LEVERS = {
     "bf16-bs32-gc-grouped": BF16 + bs(32) + GROUP,
     "bf16-bs48-gc-grouped": BF16 + bs(48) + GROUP,
     "bf16-bs64-gc-grouped": BF16 + bs(64) + GROUP,
-    "bf16-bs64-gc-grouped-nodrop": BF16 + bs(64) + ["--lora_dropout", "0"] + GROUP,
+    "bf16-bs64-gc-grouped-nodrop": BF16 + bs(64) + NODROP + GROUP,
     "bf16-bs32-gc-grouped-compile": BF16 + bs(32) + ["--torch_compile", "true"] + GROUP,
     # Recompute less (issue 3's >= 18,000 tokens/s at <= 40 GiB): no LoRA dropout, fewer checkpointed layers, SAC.
     "bf16-bs32-gc-grouped-nodrop": BF16 + bs(32) + NODROP + GROUP,
@@ -105,7 +105,9 @@ LEVERS = {
     "t4-bs8-gc-pf-long": FP16 + bs(8) + PF,
 }
 for _name, _args in LEVERS.items():
-    VARIANTS[_name] = {"recipe": _args[1], "args": _args[2:], "patch": ["gelu"] if "-gelu" in _name else [],
+    # Names without "nodrop" keep the LoRA dropout they were measured with (0.05), whatever the recipe says now.
+    _drop = [] if "nodrop" in _name else ["--lora_dropout", "0.05"]
+    VARIANTS[_name] = {"recipe": _args[1], "args": [*_args[2:], *_drop], "patch": ["gelu"] if "-gelu" in _name else [],
                        "cap": T4_GIB if _name.startswith("t4-") else None,
                        "data": "long" if "-long" in _name else "real"}
 # Several GPUs of one machine (issue 6): `launch` is the accelerate config the child runs under, one process per GPU.

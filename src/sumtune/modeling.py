@@ -132,6 +132,13 @@ def layer_norm_in_input_dtype(model) -> int:
     return changed
 
 
+def _checkpointed_layers(model) -> list:
+    """The model's decoder layers, in order: the modules transformers' gradient checkpointing wraps."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
 def checkpoint_every_n_layers(model, n: int) -> tuple[int, int]:
     """Keep gradient checkpointing on every n-th decoder layer only (index % n == 0); returns (checkpointed, layers).
 
@@ -140,9 +147,7 @@ def checkpoint_every_n_layers(model, n: int) -> tuple[int, int]:
     compute, so sparing half the layers from it buys speed with the memory an 80 GB card has spare. Call after the
     Trainer has turned checkpointing on (it does so again at the start of `train`).
     """
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = _checkpointed_layers(model)
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = layer.gradient_checkpointing and index % n == 0
     return sum(layer.gradient_checkpointing for layer in layers), len(layers)
@@ -163,7 +168,6 @@ def keep_matmul_outputs_when_recomputing(model, rank: int) -> int:
     from functools import partial
 
     from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
-    from transformers.modeling_layers import GradientCheckpointingLayer
 
     aten = torch.ops.aten
     keep = {getattr(aten, name).default for name in (
@@ -183,7 +187,7 @@ def keep_matmul_outputs_when_recomputing(model, rank: int) -> int:
 
     checkpoint_func = partial(checkpoint, use_reentrant=False,
                               context_fn=partial(create_selective_checkpoint_contexts, policy))
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = _checkpointed_layers(model)
     for layer in layers:
         layer._gradient_checkpointing_func = checkpoint_func
     return len(layers)
