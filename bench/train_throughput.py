@@ -7,6 +7,8 @@ process on the same rows, seed and global batch, and appends one JSON object per
     python bench/train_throughput.py --assets .device_assets                      # all variants, on a CUDA GPU
     python bench/train_throughput.py --assets .device_assets --variants stock-fp16,qlora,qlora-t4
     python bench/train_throughput.py --assets .device_assets --tiny --steps 3      # CPU smoke test of the code paths
+    python bench/train_throughput.py --assets .device_assets --variants qlora,qlora-ddp --gpus 2 --same_rows \
+        --warmup 2 --steps 28 --repeats 3    # DDP vs 1 GPU over the same rows, alternated, medians at the end
 
 Tokens are non-padding tokens (TRL's own count: attention_mask sum, or the packed length when padding-free), summed
 over the optimizer steps after --warmup; peak is torch.cuda.max_memory_reserved of the variant's process.
@@ -19,6 +21,7 @@ import datetime
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -369,6 +372,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=300, help="seconds per variant")
     parser.add_argument("--tiny", action="store_true", help="2-layer stand-in model (CPU smoke test)")
     parser.add_argument("--gpus", type=int, default=2, help="processes for the variants that launch several")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the variant list this many times, round robin, and print each variant's median")
+    parser.add_argument("--same_rows", action="store_true",
+                        help="multi-GPU variants train --steps/--gpus and --warmup/--gpus steps, so they see the same "
+                             "rows as the 1-GPU variants (both must divide by --gpus)")
     parser.add_argument("--child", help="run only this variant, in this process, on assets already built in --work")
     parser.add_argument("--save_adapter", help="with --child: save the trained adapter here")
     parser.add_argument("--override", help="with --child: extra recipe arguments ('--per_device_train_batch_size 4')")
@@ -383,6 +391,8 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    if opts.same_rows and (opts.steps % opts.gpus or opts.warmup % opts.gpus):
+        parser.error(f"--same_rows needs --steps and --warmup divisible by --gpus ({opts.gpus})")
     work = Path(opts.work)
     build_assets(Path(opts.assets), work, opts.tiny)
     env = environment()
@@ -391,15 +401,18 @@ def main() -> None:
     child_env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     Path(opts.results).parent.mkdir(parents=True, exist_ok=True)
     rows, ref, stock = [], None, {}  # stock variants run first when listed first: later rows compare against them
-    for name in names:
-        log(f"{name} ...")
+    for repeat, name in ((k, n) for k in range(opts.repeats) for n in names):
+        log(f"{name} ..." + (f" (repeat {repeat + 1} of {opts.repeats})" if opts.repeats > 1 else ""))
         spec = VARIANTS[name]
         launch = [sys.executable]
+        steps, warmup = opts.steps, opts.warmup
         if spec.get("launch"):  # one process per GPU under accelerate
             launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", spec["launch"],
                       "--num_processes", str(opts.gpus), "--main_process_port", str(29600 + len(rows))]
-        argv = [*launch, __file__, "--child", name, "--work", str(work), "--steps", str(opts.steps),
-                "--warmup", str(opts.warmup), "--global_batch", str(opts.global_batch)]
+            if opts.same_rows:
+                steps, warmup = steps // opts.gpus, warmup // opts.gpus
+        argv = [*launch, __file__, "--child", name, "--work", str(work), "--steps", str(steps),
+                "--warmup", str(warmup), "--global_batch", str(opts.global_batch)]
         start = time.time()
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, env=child_env)
@@ -418,8 +431,9 @@ def main() -> None:
         row = {"variant": name, "reference": bool(spec.get("reference")), **env, "date": date,
                "recipe": spec.get("recipe"), "overrides": spec.get("args", []), "bench_patches": spec.get("patch", []),
                "launch": spec.get("launch"), "gpus": opts.gpus if spec.get("launch") else 1,
-               "memory_cap_gib": spec.get("cap"), "data": spec.get("data", "real"), "steps": opts.steps,
-               "warmup_steps": opts.warmup, "global_batch": opts.global_batch, "wall_s": round(time.time() - start),
+               "memory_cap_gib": spec.get("cap"), "data": spec.get("data", "real"), "steps": steps,
+               "warmup_steps": warmup, "global_batch": opts.global_batch, "repeat": repeat,
+               "wall_s": round(time.time() - start),
                "command": command, **(result or {"error": error})}
         if result:
             if row["reference"]:
@@ -445,6 +459,16 @@ def main() -> None:
                   f"{r['peak_gib'] or 0:9.2f} {r['loss']:8.4f} {'' if rel is None else f'{rel:+.2%}':>9}")
         else:
             print(f"{r['variant']:32} FAILED: {r['error'][:80]}")
+    if opts.repeats > 1:  # medians over the repeats, each against the first variant's median
+        speeds = {n: sorted(r["tokens_per_s"] for r in rows if r["variant"] == n and "tokens_per_s" in r)
+                  for n in names}
+        base = statistics.median(speeds[names[0]]) if speeds[names[0]] else None
+        print(f"\n{'variant':32} {'runs':>4} {'median':>8} {'min':>8} {'max':>8} {'x ' + names[0]:>12}")
+        for n, values in speeds.items():
+            if values:
+                median = statistics.median(values)
+                print(f"{n:32} {len(values):4} {median:8.0f} {values[0]:8.0f} {values[-1]:8.0f} "
+                      f"{median / base if base else 0:12.2f}")
 
 
 if __name__ == "__main__":
