@@ -4,10 +4,10 @@ Model predictions are appended to `predictions.partial.jsonl` and flushed as the
 run again with the same settings, generates only the rows that are missing. The final files are written in
 dataset order through temporary files, metrics.json last: its presence marks a complete evaluation.
 
-Under `accelerate launch` each process generates its own share of the missing rows (dealt by prompt length, so
-every share costs about the same) into its own partial file, `predictions.partial.rank<N>.jsonl` beyond rank 0;
-the main process then merges them and alone writes the final files. A re-run reads every partial file, so it
-resumes whatever number of processes wrote them.
+Under `accelerate launch` each process generates its own share of the batches one process would make (whole
+batches, dealt so every share holds about the same KV-cache tokens) into its own partial file,
+`predictions.partial.rank<N>.jsonl` beyond rank 0; the main process then merges them and alone writes the final
+files. A re-run reads every partial file, so it resumes whatever number of processes wrote them.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
                     len(missing))
     # The batches one process would make of the missing rows; each process generates a share of whole batches, so a
     # row meets the same batch-mates, padding and kernel shapes whatever the number of processes.
-    encoded = encode_prompts(tokenizer, [prompts[i] for i in missing])
+    todo = [prompts[i] for i in missing]
+    encoded = encode_prompts(tokenizer, todo)
     lengths = [len(ids) for ids in encoded]
     batches = plan_batches(lengths, eval_args.max_new_tokens, eval_args.num_beams, eval_args.generation_batch_size,
                            eval_args.generation_max_batch_tokens)
@@ -193,23 +194,17 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
         logger.info("Process %d of %d: generating %d rows in %d batches (%d of %d KV-cache tokens).",
                     state.process_index, state.num_processes, sum(len(b) for b in batches), len(batches),
                     sum(costs[k] for k in mine), sum(costs))
-    share = [missing[j] for batch in batches for j in batch]  # row indices, in generation order
-    share_encoded = [encoded[j] for batch in batches for j in batch]
-    local, start = [], 0  # the same batches as positions in `share`
-    for batch in batches:
-        local.append(list(range(start, start + len(batch))))
-        start += len(batch)
     state.wait_for_everyone()  # every process has read the partial files
     if state.is_main_process:  # drop stale files, cut lines a kill left short, so appended lines are read
         for path in partial_files(output_dir):
             load_partial(path, run_key, ids, overwrite=True)
     state.wait_for_everyone()  # before any process appends
-    model = load_eval_model(eval_args, model_args, state) if share else None
+    model = load_eval_model(eval_args, model_args, state) if batches else None
     state.wait_for_everyone()  # every model is loaded: the generation clock starts on all processes at once
     start = time.perf_counter()
-    if share:
-        append_predictions(partial_path(output_dir, state.process_index), run_key, ids, prompts, share,
-                           share_encoded, local, tokenizer, eval_args, model)
+    if batches:
+        append_predictions(partial_path(output_dir, state.process_index), run_key, ids, todo, missing, encoded,
+                           batches, tokenizer, eval_args, model)
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if not state.is_main_process:
@@ -235,20 +230,20 @@ def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: Pa
     return model
 
 
-def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, share: list[int],
+def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, rows: list[int],
                        encoded: list[list[int]], batches: list[list[int]], tokenizer, eval_args: EvalArguments,
                        model) -> None:
-    """Generate the rows `share` (token ids `encoded`) in `batches` (positions in `share`) and append each to `path`
-    as soon as it is made."""
+    """Generate `batches` (lists of positions in `prompts`, whose token ids are `encoded` and whose row indices are
+    `rows`) and append each prediction to `path` as soon as it is made."""
     with path.open("ab") as handle:
         if handle.tell() == 0:
             handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
         last_sync = time.monotonic()
-        for j, text in iter_summaries(model, tokenizer, [prompts[i] for i in share], eval_args.max_new_tokens,
+        for j, text in iter_summaries(model, tokenizer, prompts, eval_args.max_new_tokens,
                                       eval_args.num_beams, eval_args.generation_batch_size,
                                       max_batch_tokens=eval_args.generation_max_batch_tokens, batches=batches,
                                       encoded=encoded):
-            index = share[j]
+            index = rows[j]
             line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
             handle.write((line + "\n").encode("utf-8"))
             handle.flush()  # a killed process keeps every finished line
