@@ -3,7 +3,9 @@
 Prompts are XSum articles rendered with the project's chat template and cut to fit `--max-length` tokens
 (sumtune.data.fit_to_budget). Random weights never pick EOS, so every variant, stock and project, is forced to
 exactly `--new-tokens` tokens (min_new_tokens = max_new_tokens): the comparison is like for like.
-match_rate = share of rows whose greedy token ids equal stock batch-1 `generate()` on the same rows.
+match_rate = share of rows whose greedy token ids equal stock batch-1 `generate()` on the same rows and the same
+model: the project variants run the model as evaluate.py loads it (fused tanh GELU, `sumtune.modeling.load_model`)
+and are matched against stock batch 1 on that model; `*_stock_act` runs the project loop on the stock model.
 
     python bench/generate_throughput.py --assets .device_assets/phi-2 \
         --data .device_assets/xsum_test_sample_500.jsonl --output $OUT/generate_throughput.jsonl
@@ -24,7 +26,7 @@ from transformers import PhiConfig, PhiForCausalLM
 
 from sumtune.data import fit_to_budget
 from sumtune.generation import iter_token_ids
-from sumtune.modeling import load_tokenizer
+from sumtune.modeling import FUSED_ACTIVATIONS, load_tokenizer
 from sumtune.prompts import read_text, render_prompt
 
 TEST_ROWS = 11_334  # XSum test split
@@ -60,8 +62,12 @@ def build_prompts(args, tokenizer) -> list[list[dict]]:
     return [f["prompt"] for f in fitted if f is not None][: args.rows]
 
 
-def build_model(args, device: str, dtype: torch.dtype | None = None):
+def build_model(args, device: str, dtype: torch.dtype | None = None, fused_act: bool = False):
+    """Random weights (seed 0). `fused_act`: the activation `sumtune.modeling.load_model` gives the model that
+    evaluate.py runs (the same weights; stock scripts keep Phi-2's Python-op gelu_new)."""
     config = PhiConfig.from_pretrained(args.assets)
+    if fused_act:
+        config.hidden_act = FUSED_ACTIVATIONS.get(config.hidden_act, config.hidden_act)
     if args.tiny:
         config.update(dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=4))
@@ -184,19 +190,37 @@ def main():
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts, 64, args.new_tokens))
         record("stock_bf16_b64", True, out, s, mem, "bf16_b1", decode="generate()",
                batching="batch 64, dataset order, left-padded")
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    if budgets and "project_stock_act" not in skip:
+        # The project loop on the stock model (Python-op gelu_new): the loop's share of the gain, apart from the
+        # fused activation that evaluate.py's model loading adds.
+        out, s, mem = timed(device, lambda: project(model, budgets[0]))
+        record(f"project_bf16_tokens{budgets[0]}_stock_act", False, out, s, mem, "bf16_b1", decode=loop,
+               batching=f"sorted, max_batch_tokens={budgets[0]}", activation="gelu_new (stock)")
+    del model
+    model = build_model(args, device, fused_act=True)  # what evaluate.py loads
+    activation = model.config.hidden_act
+    ref = "bf16_b1"
+    if "stock_b1" not in skip:
+        # The match reference for the project variants below: stock generate() on the same model, one row at a time.
+        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
+                                                           args.new_tokens))
+        ref = "bf16_b1_fused_act"
+        reference[ref] = out
+        record("stock_bf16_b1_fused_act", True, out, s, mem, ref, decode="generate()",
+               batching="batch 1, dataset order", activation=activation)
     if "sorted_b64" not in skip:
         out, s, mem = timed(device, lambda: project(model, None, batch_size=64))
-        record("project_bf16_sorted_b64", False, out, s, mem, "bf16_b1", decode=loop,
-               batching="batch 64, sorted by length")
-    budgets = [int(b) for b in args.budgets.split(",") if b]
+        record("project_bf16_sorted_b64", False, out, s, mem, ref, decode=loop,
+               batching="batch 64, sorted by length", activation=activation)
     for budget in budgets:
         out, s, mem = timed(device, lambda b=budget: project(model, b))
-        record(f"project_bf16_tokens{budget}", False, out, s, mem, "bf16_b1", decode=loop,
-               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+        record(f"project_bf16_tokens{budget}", False, out, s, mem, ref, decode=loop,
+               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation)
     if args.static:
         out, s, mem = timed(device, lambda: project(model, budgets[0], cache_implementation="static",
                                                     disable_compile=True))
-        record(f"project_bf16_tokens{budgets[0]}_generate_static", False, out, s, mem, "bf16_b1",
+        record(f"project_bf16_tokens{budgets[0]}_generate_static", False, out, s, mem, ref,
                decode="generate(cache_implementation='static', disable_compile=True)",
                batching=f"sorted, max_batch_tokens={budgets[0]}")
     if args.compile_rows:
@@ -229,7 +253,7 @@ def main():
     if "nf4" not in skip:
         import tempfile
 
-        model = build_model(args, device)
+        model = build_model(args, device, fused_act=True)  # as evaluate.py loads it
         with tempfile.TemporaryDirectory() as folder:
             model = build_nf4_lora(model, device, Path(folder))
         model.eval()

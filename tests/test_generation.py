@@ -77,3 +77,24 @@ def test_stops_at_eos(tiny_model_dir, tiny_tokenizer):
     forced = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=10, batch_size=8, min_new_tokens=3))
     assert all(len(ids) == 3 and tiny_tokenizer.eos_token_id not in ids for ids in forced.values())
     assert generate_summaries(model, tiny_tokenizer, rows, max_new_tokens=10) == [""] * 5
+
+
+def test_prefill_runs_causal_attention_without_a_padding_mask(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    """Right-padded prefill needs no padding mask, so SDPA may pick flash attention; decoding steps keep a mask."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation="sdpa").eval()
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((query.shape[2], attn_mask is None, is_causal))
+        return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    rows = prompts(4)  # different lengths: the batch is padded
+    out = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=3, batch_size=4, min_new_tokens=3))
+    assert sorted(out) == list(range(4))
+    prefill = [c for c in calls if c[0] > 1]
+    decode = [c for c in calls if c[0] == 1]
+    assert prefill and all(no_mask and causal for _, no_mask, causal in prefill)
+    assert decode and not any(no_mask for _, no_mask, _ in decode)

@@ -41,13 +41,18 @@ class SlotCache:
     Duck-typed, not a `transformers.Cache`: the model only calls `update`, and the mask helpers then skip the
     per-layer bookkeeping whose attributes change between transformers versions."""
 
-    def __init__(self, model, batch: int, length: int):
-        config, weight = model.config, model.get_input_embeddings().weight
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        shape = (batch, heads, length, config.hidden_size // config.num_attention_heads)
-        self.keys = [weight.new_zeros(shape) for _ in range(config.num_hidden_layers)]
-        self.values = [weight.new_zeros(shape) for _ in range(config.num_hidden_layers)]
-        self.slots = torch.zeros(1, dtype=torch.long, device=weight.device)
+    def __init__(self, prefill, length: int):
+        """Move a prefill's `DynamicCache` into buffers of `length` slots, one layer at a time (peak: the prompt's
+        cache plus one layer's buffer)."""
+        self.keys, self.values = [], []
+        for layer in prefill.layers:
+            for source, target in ((layer.keys, self.keys), (layer.values, self.values)):
+                rows, heads, prompt_len, dim = source.shape
+                buffer = source.new_zeros(rows, heads, length, dim)
+                buffer[:, :, :prompt_len] = source
+                target.append(buffer)
+            layer.keys = layer.values = None
+        self.slots = torch.zeros(1, dtype=torch.long, device=self.keys[0].device)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         self.keys[layer_idx].index_copy_(2, self.slots, key_states)
@@ -58,35 +63,46 @@ class SlotCache:
         return 0  # positions come from position_ids and the 4D mask, never from here
 
 
-@torch.inference_mode()
-def greedy_batch(model, input_ids, attention_mask, max_new_tokens: int, eos: int, pad: int,
-                 min_new_tokens: int = 0) -> torch.Tensor:
-    """Greedy continuation of a left-padded batch: (rows, max_new_tokens) token ids, `pad` after each row's EOS.
+def right_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, lengths) of token id lists padded on the right."""
+    lengths = torch.tensor([len(ids) for ids in rows])
+    input_ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return input_ids.to(device), lengths.to(device)
 
-    Same decisions as `generate(do_sample=False)`: positions count real tokens only, EOS is banned for the first
-    `min_new_tokens` steps, and the loop ends when every row has emitted EOS.
+
+@torch.inference_mode()
+def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: int,
+                 min_new_tokens: int = 0) -> torch.Tensor:
+    """Greedy continuation of a right-padded batch (`lengths`: real tokens per row): (rows, max_new_tokens) token
+    ids, `pad` after each row's EOS.
+
+    Same decisions as `generate(do_sample=False)` on each row alone: EOS is banned for the first `min_new_tokens`
+    steps, and the loop ends when every row has emitted EOS.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
     rows, prompt_len = input_ids.shape
     length = prompt_len + max_new_tokens
     device = input_ids.device
-    cache = SlotCache(causal_lm, rows, length)
-    valid = torch.zeros(rows, length, dtype=torch.bool, device=device)  # which cache slots each row may attend to
-    valid[:, :prompt_len] = attention_mask.bool()
-    # Prefill. Causal and padding mask over the whole cache; a pad query also sees itself, so no row is all-masked.
-    causal = torch.ones(prompt_len, length, dtype=torch.bool, device=device).tril()
-    mask = (causal[None] & valid[:, None, :]) | torch.eye(prompt_len, length, dtype=torch.bool, device=device)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache.slots = torch.arange(prompt_len, device=device)
-    hidden = causal_lm.model(input_ids=input_ids, attention_mask=mask[:, None], position_ids=positions,
-                             past_key_values=cache, use_cache=True).last_hidden_state
-    logits = causal_lm.lm_head(hidden[:, -1]).float()
+    # Prefill without a padding mask. With right padding every real token has only its own row's earlier real
+    # tokens before it, so the causal mask alone is exact, positions are plain 0..n-1, and SDPA may run flash
+    # attention (any padding mask forces its slower memory-efficient kernel). Pads compute values nothing reads:
+    # their cache slots stay masked while decoding, and each row's first token comes from its last real position.
+    prefill = causal_lm.model(input_ids=input_ids, use_cache=True)
+    last = prefill.last_hidden_state[torch.arange(rows, device=device), lengths - 1]
+    logits = causal_lm.lm_head(last).float()
+    cache = SlotCache(prefill.past_key_values, length)
+    del prefill
+    # Cache slots each row may attend to: its real prompt tokens, then the new tokens at slots prompt_len, ...
+    valid = torch.zeros(rows, length, dtype=torch.bool, device=device)
+    valid[:, :prompt_len] = torch.arange(prompt_len, device=device) < lengths[:, None]
 
     out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     token = torch.zeros(rows, 1, dtype=torch.long, device=device)
     step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being chosen
-    position = positions[:, -1:] + 1
+    position = lengths[:, None].clone()  # a row's next position counts its real tokens only
     cache.slots = step + prompt_len - 1  # slot of the token fed in, one behind the one being chosen
 
     def choose(logits):
@@ -143,9 +159,6 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`).
     """
-    if tokenizer.padding_side != "left":
-        # Decoder-only models continue from the last position: right padding would put pads before the summary.
-        tokenizer.padding_side = "left"
     if encoded is None:
         encoded = encode_prompts(tokenizer, prompts)
     model.eval()
@@ -154,13 +167,14 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     if batches is None:
         batches = plan_batches([len(ids) for ids in encoded], max_new_tokens, num_beams, batch_size, max_batch_tokens)
     for batch in batches:
-        inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-        # generate() derives position_ids from the attention mask, so left padding does not shift positions, and
-        # it stops a batch once every row has emitted EOS (finished rows are filled with pad).
         if num_beams == 1 and not generate_kwargs:
-            new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"], max_new_tokens, eos, pad,
-                               min_new_tokens)
+            input_ids, lengths = right_padded([encoded[i] for i in batch], pad, device)
+            new = greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_tokens)
         else:
+            # generate() continues from the last position, so it takes left padding; it derives position_ids from
+            # the attention mask, so left padding does not shift positions.
+            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="left",
+                                   return_tensors="pt").to(device)
             new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                  num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
                                  **generate_kwargs)[:, inputs["input_ids"].shape[1]:]
