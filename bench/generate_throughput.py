@@ -51,6 +51,8 @@ def parse_args():
     p.add_argument("--fp32-match-rows", type=int, default=0,
                    help="Also compare greedy tokens in float32 on N rows: stock batch 1 vs the project path. "
                         "Separates an algorithmic difference (would persist) from bf16 rounding near-ties.")
+    p.add_argument("--profile", help="Also profile the project path on --profile-rows rows; table to this file.")
+    p.add_argument("--profile-rows", type=int, default=256)
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
     return p.parse_args()
 
@@ -217,6 +219,19 @@ def main():
         out, s, mem = timed(device, lambda b=budget: project(model, b))
         record(f"project_bf16_tokens{budget}", False, out, s, mem, ref, decode=loop,
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation)
+    if args.profile:
+        # Where the time goes (prefill vs decode kernels, attention, copies): one pass over the longest rows.
+        longest = sorted(range(len(prompts)), key=lambda i: -prompt_tokens[i])[: args.profile_rows]
+        subset = [prompts[i] for i in longest]
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda"
+                                                              else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            _, s, _ = timed(device, lambda: project(model, budgets[0], subset))
+        events = prof.key_averages()
+        Path(args.profile).write_text(f"{len(subset)} longest rows, max_batch_tokens={budgets[0]}, {s:.2f} s wall "
+                                      "(under the profiler)\n\n" + events.table(
+                                          sort_by="self_cuda_time_total" if device == "cuda" else "self_cpu_time_total",
+                                          row_limit=30, max_name_column_width=70))
     if args.static:
         out, s, mem = timed(device, lambda: project(model, budgets[0], cache_implementation="static",
                                                     disable_compile=True))

@@ -97,6 +97,8 @@ LEVERS = {
     "bf16-bs16-gc2-grouped-nodrop": BF16 + bs(16) + gc_every(2) + NODROP + GROUP,
     "bf16-bs16-gc4-grouped-nodrop": BF16 + bs(16) + gc_every(4) + NODROP + GROUP,
     "bf16-bs32-sac-grouped-nodrop": BF16 + bs(32) + SAC + NODROP + GROUP,
+    "bf16-bs8-nogc-grouped-nodrop": BF16 + bs(8) + NODROP + GROUP + NOGC,
+    "bf16-bs8-keepmm-grouped-nodrop": BF16 + bs(8) + KEEPMM + NODROP + GROUP,
     "bf16-bs16-keepmm-grouped-nodrop": BF16 + bs(16) + KEEPMM + NODROP + GROUP,
     "bf16-bs32-keepmm-grouped-nodrop": BF16 + bs(32) + KEEPMM + NODROP + GROUP,
     "t4-bs16-gc-grouped": FP16 + bs(16) + GROUP,
@@ -415,7 +417,10 @@ def main() -> None:
                 "--warmup", str(warmup), "--global_batch", str(opts.global_batch)]
         start = time.time()
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, env=child_env)
+            env_one = child_env
+            if not spec.get("launch"):  # one process sees one GPU (Trainer would wrap several in DataParallel)
+                env_one = dict(child_env, CUDA_VISIBLE_DEVICES=child_env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, env=env_one)
             lines = (proc.stdout + proc.stderr).strip().splitlines()
             results = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             # Several processes: rank 0's row (its token count is every rank's), with the largest peak of any GPU.
