@@ -41,6 +41,9 @@ VARIANTS = {
     "qlora-long": {"recipe": "recipes/phi-2/qlora.yaml", "data": "long"},
     # The bf16 recipe with autocast's fp32 LayerNorm, as before sumtune.modeling.layer_norm_in_input_dtype
     "qlora-autocast-ln": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["autocast-ln"]},
+    # Lead from the 2026-11-27 16:10 profile (bench/results/profile_train_bs16_nogc_2026-11-27.txt): cuDNN attention
+    # spent ~2.1 ms of CPU per call building plans for each new sequence length; PyTorch's own kernels instead.
+    "qlora-no-cudnn-sdp": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["no-cudnn-sdp"]},
     # One GPU at the FSDP recipe's per-GPU settings: the baseline of the multi-GPU variants below
     "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
 }
@@ -115,6 +118,8 @@ for _name, _args in LEVERS.items():
     VARIANTS[_name] = {"recipe": _args[1], "args": [*_args[2:], *_drop], "patch": ["gelu"] if "-gelu" in _name else [],
                        "cap": T4_GIB if _name.startswith("t4-") else None,
                        "data": "long" if "-long" in _name else "real"}
+VARIANTS["bf16-bs16-nogc-grouped-nodrop-no-cudnn-sdp"] = {**VARIANTS["bf16-bs16-nogc-grouped-nodrop"],
+                                                         "patch": ["no-cudnn-sdp"]}
 # Several GPUs of one machine (issue 6): `launch` is the accelerate config the child runs under, one process per GPU.
 # Gradient accumulation stays what it is on one GPU, so each GPU does the same work per step as the 1-GPU variant.
 VARIANTS |= {
@@ -268,6 +273,9 @@ def run_variant(name: str, opts) -> dict:
                                  work / "phi-2-random", data_dir, out, steps, opts.global_batch)
     if "gelu" in spec.get("patch", []):
         log(f"gelu_new -> gelu_pytorch_tanh in {patch_gelu(trainer.model)} MLPs")
+    if "no-cudnn-sdp" in spec.get("patch", []):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        log("SDPA: cuDNN attention disabled (flash / memory-efficient kernels)")
     if "autocast-ln" in spec.get("patch", []):  # undo layer_norm_in_input_dtype: the class's forward again
         undone = [m.__dict__.pop("forward") for m in trainer.model.modules()
                   if isinstance(m, torch.nn.LayerNorm) and "forward" in m.__dict__]
