@@ -39,6 +39,9 @@ VARIANTS = {
     "qlora-t4": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB},
     "qlora-t4-long": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long"},
     "qlora-long": {"recipe": "recipes/phi-2/qlora.yaml", "data": "long"},
+    # The train split repeated to LARGE_ROWS rows: length-grouped megabatches as large as on a real dataset (see
+    # bench/rank_balance.py: with 450 rows they hold 3 batches, and DDP's two ranks get batches of unequal length).
+    "qlora-large": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large"},
     # The bf16 recipe with autocast's fp32 LayerNorm, as before sumtune.modeling.layer_norm_in_input_dtype
     "qlora-autocast-ln": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["autocast-ln"]},
     # Lead from the 2026-11-27 16:10 profile (bench/results/profile_train_bs16_nogc_2026-11-27.txt): cuDNN attention
@@ -54,7 +57,6 @@ PF = ["--padding_free", "true"]
 GROUP = ["--train_sampling_strategy", "group_by_length"]
 NODROP = ["--lora_dropout", "0"]
 SAC = ["--gradient_checkpointing_kwargs", '{"use_reentrant": false, "selective": true}']  # TRL: keep attention
-KEEPMM = ["--checkpoint_keep_matmuls", "true"]  # sumtune: keep matmul and attention outputs, recompute the rest
 
 
 def gc_every(n: int) -> list[str]:  # checkpoint every n-th decoder layer (sumtune's checkpoint_every_n_layers)
@@ -68,7 +70,6 @@ def bs(n: int) -> list[str]:
 # Names: precision, micro-batch, checkpointing (gc/nogc), pf = padding-free, grouped = length-grouped sampler,
 # gelu = fused tanh GELU (bench patch), nodrop = lora_dropout 0, long = the longest rows only (memory worst case),
 # gcN = checkpointing on every N-th decoder layer only, sac = TRL's selective checkpointing (attention output kept),
-# keepmm = checkpoint_keep_matmuls (matmul and attention outputs kept, the rest recomputed).
 LEVERS = {
     "bf16-bs8-gc": BF16 + bs(8),
     "bf16-bs16-gc": BF16 + bs(16),
@@ -101,9 +102,6 @@ LEVERS = {
     "bf16-bs16-gc4-grouped-nodrop": BF16 + bs(16) + gc_every(4) + NODROP + GROUP,
     "bf16-bs32-sac-grouped-nodrop": BF16 + bs(32) + SAC + NODROP + GROUP,
     "bf16-bs8-nogc-grouped-nodrop": BF16 + bs(8) + NODROP + GROUP + NOGC,
-    "bf16-bs8-keepmm-grouped-nodrop": BF16 + bs(8) + KEEPMM + NODROP + GROUP,
-    "bf16-bs16-keepmm-grouped-nodrop": BF16 + bs(16) + KEEPMM + NODROP + GROUP,
-    "bf16-bs32-keepmm-grouped-nodrop": BF16 + bs(32) + KEEPMM + NODROP + GROUP,
     "t4-bs16-gc-grouped": FP16 + bs(16) + GROUP,
     "fp16-bs8-nogc-pf-gelu": FP16 + bs(8) + PF + NOGC,
     "t4-bs8-gc-pf": FP16 + bs(8) + PF,
@@ -124,6 +122,8 @@ VARIANTS["bf16-bs16-nogc-grouped-nodrop-no-cudnn-sdp"] = {**VARIANTS["bf16-bs16-
 # Gradient accumulation stays what it is on one GPU, so each GPU does the same work per step as the 1-GPU variant.
 VARIANTS |= {
     "qlora-ddp": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml"},
+    "qlora-ddp-large": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml",
+                        "data": "large"},
     "qlora-fsdp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/fsdp_qlora.yaml"},
     # DDP at the FSDP recipe's per-GPU settings: the memory comparison
     "qlora-fsdp-settings-ddp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml",
@@ -141,6 +141,10 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- assets: model and data, built once per invocation
 
 
+DATA_DIRS = {"real": "data", "long": "data-long", "large": "data-large"}
+LARGE_ROWS = 6_400  # LengthGroupedSampler's megabatches reach their cap (50 batches of 32) from 6,400 rows
+
+
 def build_assets(assets: Path, work: Path, tiny: bool) -> tuple[Path, Path, Path]:
     """Random-weight Phi-2 (or a 2-layer stand-in with --tiny) with the Phi-2 tokenizer, plus prepared data folders.
 
@@ -153,6 +157,7 @@ def build_assets(assets: Path, work: Path, tiny: bool) -> tuple[Path, Path, Path
     from sumtune.modeling import load_tokenizer
 
     model_dir, data_dir, long_dir = work / "phi-2-random", work / "data", work / "data-long"
+    large_dir = work / DATA_DIRS["large"]
     if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
         config = PhiConfig.from_pretrained(assets / "phi-2")
         if tiny:
@@ -178,6 +183,15 @@ def build_assets(assets: Path, work: Path, tiny: bool) -> tuple[Path, Path, Path
         dataset["train"] = dataset["train"].select(order[:64])
         save_prepared(dataset, stats, long_dir)
         log(f"data: {json.dumps(stats['train'])}")
+    if not (large_dir / "stats.json").is_file():
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(data_dir))
+        rows = len(dataset["train"])
+        dataset["train"] = dataset["train"].select([i % rows for i in range(LARGE_ROWS)])
+        stats = json.loads((data_dir / "stats.json").read_text())
+        stats["bench_note"] = f"train split: the {rows} rows repeated to {LARGE_ROWS}"
+        save_prepared(dataset, stats, large_dir)
     return model_dir, data_dir, long_dir
 
 
@@ -262,7 +276,7 @@ def run_variant(name: str, opts) -> dict:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(spec["cap"] * 2**30 / total)
     work = Path(opts.work)
-    data_dir = work / ("data-long" if spec.get("data") == "long" else "data")
+    data_dir = work / DATA_DIRS.get(spec.get("data", "real"), "data")
     steps = opts.steps + opts.warmup
     set_seed(42)
     out = work / "runs" / name
@@ -347,7 +361,6 @@ def run_variant(name: str, opts) -> dict:
                      "gradient_checkpointing": a.gradient_checkpointing,
                      "gradient_checkpointing_kwargs": a.gradient_checkpointing_kwargs,
                      "checkpoint_every_n_layers": getattr(a, "checkpoint_every_n_layers", 1),
-                     "checkpoint_keep_matmuls": getattr(a, "checkpoint_keep_matmuls", False),
                      "lora_dropout": next(iter(trainer.model.peft_config.values())).lora_dropout
                      if hasattr(trainer.model, "peft_config") else None,
                      "padding_free": a.padding_free,

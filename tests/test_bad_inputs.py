@@ -96,7 +96,7 @@ CASES = [
     ("recipe-not-yaml", lambda t, m: train(t, "--config", recipe(t, "lora_r: [8")), "not valid YAML"),
     ("checkpoint-every-zero-layers", lambda t, m: train(t, "--checkpoint_every_n_layers", "0"),
      "`checkpoint_every_n_layers` must be at least 1"),
-    ("checkpoint-setting-without-checkpointing", lambda t, m: train(t, "--checkpoint_keep_matmuls", "true"),
+    ("checkpoint-setting-without-checkpointing", lambda t, m: train(t, "--checkpoint_every_n_layers", "2"),
      "only applies with `gradient_checkpointing: true`"),
     ("unknown-cli-flag", lambda t, m: train(t, "--learnin_rate", "1"), "--learnin_rate"),
     ("fp16-on-cpu", lambda t, m: train(t, "--dataset_name", data_folder(t), "--fp16", "true"), "fp16: false"),

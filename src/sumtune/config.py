@@ -112,13 +112,6 @@ class TrainArguments(SFTConfig):
         metadata={"help": "With gradient_checkpointing: recompute only every n-th decoder layer (1 = all of them); "
                           "the others keep their activations, which is faster and takes more memory."},
     )
-    checkpoint_keep_matmuls: bool = field(
-        default=False,
-        metadata={"help": "With gradient_checkpointing: keep the outputs of the large matrix products and of attention "
-                          "from the forward pass and recompute only the cheap rest (LayerNorm, GELU, rotary, LoRA "
-                          "up-projections, 4-bit dequantization). More memory than plain checkpointing, less than "
-                          "none. Not yet measured on a GPU."},
-    )
 
 
 def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -153,11 +146,9 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
     if training_args.checkpoint_every_n_layers < 1:
         problems.append("`checkpoint_every_n_layers` must be at least 1 (1 = checkpoint every layer), got "
                         f"{training_args.checkpoint_every_n_layers}.")
-    if not training_args.gradient_checkpointing:
-        for key, off in (("checkpoint_every_n_layers", 1), ("checkpoint_keep_matmuls", False)):
-            if getattr(training_args, key) != off:
-                problems.append(f"`{key}` only applies with `gradient_checkpointing: true`: turn that on, or "
-                                f"remove `{key}`.")
+    if not training_args.gradient_checkpointing and training_args.checkpoint_every_n_layers != 1:
+        problems.append("`checkpoint_every_n_layers` only applies with `gradient_checkpointing: true`: turn that on, "
+                        "or remove `checkpoint_every_n_layers`.")
     if training_args.global_batch_size is not None:
         if training_args.global_batch_size % training_args.per_device_train_batch_size:
             problems.append(f"`global_batch_size` ({training_args.global_batch_size}) must be a multiple of "

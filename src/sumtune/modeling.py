@@ -156,46 +156,6 @@ def checkpoint_every_n_layers(model, n: int) -> tuple[int, int]:
     return sum(layer.gradient_checkpointing for layer in layers), len(layers)
 
 
-def keep_matmul_outputs_when_recomputing(model, rank: int) -> int:
-    """Under gradient checkpointing, keep each decoder layer's large matrix products and attention from the forward
-    pass, and recompute only the rest in the backward pass. Returns the number of layers changed.
-
-    Plain checkpointing recomputes the whole layer: with a frozen 4-bit base that is a third of the step's compute.
-    Without checkpointing a Phi-2 layer keeps every intermediate (LayerNorm, rotary, GELU, LoRA outputs). This policy
-    keeps the outputs of matrix products whose contraction is wider than the LoRA `rank` (the 4-bit projections and
-    the LoRA down-projections, whose outputs are only `rank` wide) and of attention, and recomputes the elementwise ops,
-    the 4-bit dequantization and the LoRA up-projections (contraction `rank`: cheap). PyTorch provides the mechanism
-    (selective activation checkpointing); TRL's `selective: true` keeps attention only, hence this policy. Call after
-    the Trainer has turned checkpointing on (it does so at the start of `train`).
-    """
-    from functools import partial
-
-    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
-
-    aten = torch.ops.aten
-    keep = {getattr(aten, name).default for name in (
-        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu") if hasattr(aten, name)}
-    matmuls = {aten.mm.default, aten.addmm.default, aten.bmm.default}
-    bnb_gemm = getattr(getattr(torch.ops, "bitsandbytes", None), "gemm_4bit", None)  # the 4-bit projections' op
-    if bnb_gemm is not None:
-        keep.add(bnb_gemm.default)
-
-    def policy(ctx, op, *args, **kwargs):
-        if op in keep:
-            return CheckpointPolicy.MUST_SAVE
-        if op in matmuls and args[-1].shape[-2] > rank:  # mm(a, b), addmm(c, a, b), bmm(a, b): b is (..., k, n)
-            return CheckpointPolicy.MUST_SAVE
-        return CheckpointPolicy.PREFER_RECOMPUTE
-
-    checkpoint_func = partial(checkpoint, use_reentrant=False,
-                              context_fn=partial(create_selective_checkpoint_contexts, policy))
-    layers = _checkpointed_layers(model)
-    for layer in layers:
-        layer._gradient_checkpointing_func = checkpoint_func
-    return len(layers)
-
-
 def _layer_norm_without_autocast(self, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(x.device.type, enabled=False):
         weight = None if self.weight is None else self.weight.to(x.dtype)

@@ -29,7 +29,6 @@ from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_mani
 from .modeling import (
     checkpoint_every_n_layers,
     keep_4bit_weights_trainable_on_cpu,
-    keep_matmul_outputs_when_recomputing,
     layer_norm_in_input_dtype,
     load_model,
     load_tokenizer,
@@ -128,18 +127,13 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class CheckpointingSettings(TrainerCallback):
-    """`checkpoint_keep_matmuls` and `checkpoint_every_n_layers`, applied when training starts: the Trainer turns
-    checkpointing on for every layer at the start of `train()`, after anything done to the model before."""
+    """`checkpoint_every_n_layers`, applied when training starts: the Trainer turns checkpointing on for every layer
+    at the start of `train()`, after anything done to the model before."""
 
-    def __init__(self, every_n_layers: int, keep_matmuls: bool):
-        self.every_n_layers, self.keep_matmuls = every_n_layers, keep_matmuls
+    def __init__(self, every_n_layers: int):
+        self.every_n_layers = every_n_layers
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.keep_matmuls:
-            configs = getattr(model, "peft_config", {}).values()
-            rank = max((r for c in configs for r in (c.r, *(c.rank_pattern or {}).values())), default=0)
-            keep_matmul_outputs_when_recomputing(model, rank)
-            logger.info("Backward recomputes only elementwise ops and LoRA up-projections (rank %d).", rank)
         checkpointed, layers = checkpoint_every_n_layers(model, self.every_n_layers)
         logger.info("Gradient checkpointing on %d of %d decoder layers (every %d-th).", checkpointed, layers,
                     self.every_n_layers)
@@ -221,10 +215,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
         peft_config=get_peft_config(model_args),
         guard=NonFiniteGuard(),
     )
-    if training_args.gradient_checkpointing and (training_args.checkpoint_every_n_layers > 1
-                                                 or training_args.checkpoint_keep_matmuls):
-        trainer.add_callback(CheckpointingSettings(training_args.checkpoint_every_n_layers,
-                                                   training_args.checkpoint_keep_matmuls))
+    if training_args.gradient_checkpointing and training_args.checkpoint_every_n_layers > 1:
+        trainer.add_callback(CheckpointingSettings(training_args.checkpoint_every_n_layers))
     if not torch.cuda.is_available():
         keep_4bit_weights_trainable_on_cpu(trainer.model)
     # TRL casts QLoRA adapters to bf16. Keep them in fp32: fp16's grad scaler cannot unscale bf16 gradients, bf16
