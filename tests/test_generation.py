@@ -98,3 +98,16 @@ def test_prefill_runs_causal_attention_without_a_padding_mask(tiny_model_dir, ti
     decode = [c for c in calls if c[0] == 1]
     assert prefill and all(no_mask and causal for _, no_mask, causal in prefill)
     assert decode and not any(no_mask for _, no_mask, _ in decode)
+
+
+def test_generate_path_pads_left_and_matches_the_greedy_loop(tiny_model, tiny_tokenizer):
+    """Extra generate() options (or beams) go through `model.generate` on left-padded batches; greedy decisions there
+    equal the own loop's on right-padded batches."""
+    rows = prompts(6)
+    tiny_tokenizer.padding_side = "right"  # the generate path must not depend on the tokenizer's setting
+    loop = dict(iter_token_ids(tiny_model, tiny_tokenizer, rows, max_new_tokens=8, batch_size=6))
+    through_generate = dict(iter_token_ids(tiny_model, tiny_tokenizer, rows, max_new_tokens=8, batch_size=6,
+                                           use_cache=True))
+    assert through_generate == loop
+    beams = dict(iter_token_ids(tiny_model, tiny_tokenizer, rows, max_new_tokens=8, batch_size=6, num_beams=2))
+    assert sorted(beams) == list(range(6)) and all(len(ids) <= 8 for ids in beams.values())
