@@ -131,6 +131,8 @@ VARIANTS |= {
     # CPU smoke test of the launch path (with --tiny)
     "qlora-ddp-cpu": {"recipe": "recipes/phi-2/qlora.yaml", "args": ["--use_cpu", "true"],
                       "launch": "accelerate_configs/multi_cpu.yaml"},
+    "qlora-ddp-cpu-large": {"recipe": "recipes/phi-2/qlora.yaml", "args": ["--use_cpu", "true"],
+                            "launch": "accelerate_configs/multi_cpu.yaml", "data": "large"},
 }
 
 
