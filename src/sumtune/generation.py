@@ -1,4 +1,4 @@
-"""Batched summary generation: rows sorted by prompt length, batched by a token budget, left-padded, stop at EOS.
+"""Batched summary generation: rows sorted by prompt length, batched by a token budget, stop at EOS.
 
 Sorting keeps padding small, and the token budget (rows x (longest prompt + new tokens), the KV cache's size) lets
 short prompts travel in large batches while long ones stay within memory. Greedy decoding runs its own loop over a
@@ -61,15 +61,6 @@ class SlotCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions come from position_ids and the 4D mask, never from here
-
-
-def right_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, lengths) of token id lists padded on the right."""
-    lengths = torch.tensor([len(ids) for ids in rows])
-    input_ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return input_ids.to(device), lengths.to(device)
 
 
 @torch.inference_mode()
@@ -167,14 +158,15 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     if batches is None:
         batches = plan_batches([len(ids) for ids in encoded], max_new_tokens, num_beams, batch_size, max_batch_tokens)
     for batch in batches:
-        if num_beams == 1 and not generate_kwargs:
-            input_ids, lengths = right_padded([encoded[i] for i in batch], pad, device)
-            new = greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_tokens)
+        greedy = num_beams == 1 and not generate_kwargs
+        # The own greedy loop prefills right-padded rows (see greedy_batch); generate() continues from the last
+        # position, so it takes left padding (it derives position_ids from the attention mask).
+        inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="right" if greedy else "left",
+                               return_tensors="pt").to(device)
+        if greedy:
+            new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"].sum(-1), max_new_tokens, eos, pad,
+                               min_new_tokens)
         else:
-            # generate() continues from the last position, so it takes left padding; it derives position_ids from
-            # the attention mask, so left padding does not shift positions.
-            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="left",
-                                   return_tensors="pt").to(device)
             new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                  num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
                                  **generate_kwargs)[:, inputs["input_ids"].shape[1]:]
