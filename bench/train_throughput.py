@@ -158,8 +158,8 @@ def build_assets(assets: Path, work: Path, tiny: bool) -> tuple[Path, Path, Path
     from sumtune.data import prepare_datasets, save_prepared
     from sumtune.modeling import load_tokenizer
 
-    model_dir, data_dir, long_dir = work / "phi-2-random", work / "data", work / "data-long"
-    large_dir = work / DATA_DIRS["large"]
+    model_dir = work / "phi-2-random"
+    data_dir, long_dir, large_dir = (work / DATA_DIRS[kind] for kind in ("real", "long", "large"))
     if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
         config = PhiConfig.from_pretrained(assets / "phi-2")
         if tiny:
@@ -278,7 +278,7 @@ def run_variant(name: str, opts) -> dict:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(spec["cap"] * 2**30 / total)
     work = Path(opts.work)
-    data_dir = work / DATA_DIRS.get(spec.get("data", "real"), "data")
+    data_dir = work / DATA_DIRS[spec.get("data", "real")]
     steps = opts.steps + opts.warmup
     set_seed(42)
     out = work / "runs" / name

@@ -135,13 +135,6 @@ def layer_norm_in_input_dtype(model) -> int:
     return changed
 
 
-def _checkpointed_layers(model) -> list:
-    """The model's decoder layers, in order: the modules transformers' gradient checkpointing wraps."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-
-
 def checkpoint_every_n_layers(model, n: int) -> tuple[int, int]:
     """Keep gradient checkpointing on every n-th decoder layer only (index % n == 0); returns (checkpointed, layers).
 
@@ -150,7 +143,9 @@ def checkpoint_every_n_layers(model, n: int) -> tuple[int, int]:
     compute, so sparing half the layers from it buys speed with the memory an 80 GB card has spare. Call after the
     Trainer has turned checkpointing on (it does so again at the start of `train`).
     """
-    layers = _checkpointed_layers(model)
+    from transformers.modeling_layers import GradientCheckpointingLayer  # the decoder layers checkpointing wraps
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = layer.gradient_checkpointing and index % n == 0
     return sum(layer.gradient_checkpointing for layer in layers), len(layers)
