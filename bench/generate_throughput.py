@@ -81,7 +81,7 @@ def build_model(args, device: str, dtype: torch.dtype | None = None, fused_act: 
                            num_key_value_heads=4))
     torch.manual_seed(0)
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-    with torch.device(device):  # random init on the GPU: ~1 minute less per model than on the host's CPU
+    with torch.device(device):  # random init on the GPU, not on the host's CPU (the slow part of a model build)
         return PhiForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
 
 
