@@ -42,11 +42,19 @@ VARIANTS = {
     # The train split repeated to LARGE_ROWS rows: length-grouped megabatches as large as on a real dataset (see
     # bench/rank_balance.py: with 450 rows they hold 3 batches, and DDP's two ranks get batches of unequal length).
     "qlora-large": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large"},
+    "qlora-large-causal": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large",
+                           "args": ["--causal_only_training_attention", "true"]},
     # The bf16 recipe with autocast's fp32 LayerNorm, as before sumtune.modeling.layer_norm_in_input_dtype
     "qlora-autocast-ln": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["autocast-ln"]},
     # Lead from the 2026-11-27 16:10 profile (bench/results/profile_train_bs16_nogc_2026-11-27.txt): cuDNN attention
     # spent ~2.1 ms of CPU per call building plans for each new sequence length; PyTorch's own kernels instead.
     "qlora-no-cudnn-sdp": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["no-cudnn-sdp"]},
+    # Training without the padding mask (sumtune.modeling.causal_attention_for_right_padded_training): flash attention
+    "qlora-causal": {"recipe": "recipes/phi-2/qlora.yaml", "args": ["--causal_only_training_attention", "true"]},
+    "qlora-t4-causal": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB,
+                        "args": ["--causal_only_training_attention", "true"]},
+    "qlora-t4-long-causal": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long",
+                             "args": ["--causal_only_training_attention", "true"]},
     # One GPU at the FSDP recipe's per-GPU settings: the baseline of the multi-GPU variants below
     "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
 }
@@ -56,6 +64,7 @@ NOGC = ["--gradient_checkpointing", "false"]
 PF = ["--padding_free", "true"]
 GROUP = ["--train_sampling_strategy", "group_by_length"]
 NODROP = ["--lora_dropout", "0"]
+CAUSAL = ["--causal_only_training_attention", "true"]  # no padding mask in training: SDPA's flash kernel
 SAC = ["--gradient_checkpointing_kwargs", '{"use_reentrant": false, "selective": true}']  # TRL: keep attention
 
 
@@ -70,6 +79,7 @@ def bs(n: int) -> list[str]:
 # Names: precision, micro-batch, checkpointing (gc/nogc), pf = padding-free, grouped = length-grouped sampler,
 # gelu = fused tanh GELU (bench patch), nodrop = lora_dropout 0, long = the longest rows only (memory worst case),
 # gcN = checkpointing on every N-th decoder layer only, sac = TRL's selective checkpointing (attention output kept),
+# causal = no padding mask in training (causal_only_training_attention),
 LEVERS = {
     "bf16-bs8-gc": BF16 + bs(8),
     "bf16-bs16-gc": BF16 + bs(16),
@@ -102,6 +112,10 @@ LEVERS = {
     "bf16-bs16-gc4-grouped-nodrop": BF16 + bs(16) + gc_every(4) + NODROP + GROUP,
     "bf16-bs32-sac-grouped-nodrop": BF16 + bs(32) + SAC + NODROP + GROUP,
     "bf16-bs8-nogc-grouped-nodrop": BF16 + bs(8) + NODROP + GROUP + NOGC,
+    "bf16-bs16-nogc-grouped-nodrop-causal": BF16 + bs(16) + NODROP + GROUP + NOGC + CAUSAL,
+    "bf16-bs8-nogc-grouped-nodrop-causal": BF16 + bs(8) + NODROP + GROUP + NOGC + CAUSAL,
+    "bf16-bs16-gc2-grouped-nodrop-causal": BF16 + bs(16) + gc_every(2) + NODROP + GROUP + CAUSAL,
+    "bf16-bs32-gc2-grouped-nodrop-causal": BF16 + bs(32) + gc_every(2) + NODROP + GROUP + CAUSAL,
     "t4-bs16-gc-grouped": FP16 + bs(16) + GROUP,
     "fp16-bs8-nogc-pf-gelu": FP16 + bs(8) + PF + NOGC,
     "t4-bs8-gc-pf": FP16 + bs(8) + PF,
@@ -124,6 +138,8 @@ VARIANTS |= {
     "qlora-ddp": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml"},
     "qlora-ddp-large": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml",
                         "data": "large"},
+    "qlora-ddp-large-causal": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml",
+                               "data": "large", "args": ["--causal_only_training_attention", "true"]},
     "qlora-fsdp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/fsdp_qlora.yaml"},
     # DDP at the FSDP recipe's per-GPU settings: the memory comparison
     "qlora-fsdp-settings-ddp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml",
@@ -363,6 +379,7 @@ def run_variant(name: str, opts) -> dict:
                      "gradient_checkpointing": a.gradient_checkpointing,
                      "gradient_checkpointing_kwargs": a.gradient_checkpointing_kwargs,
                      "checkpoint_every_n_layers": getattr(a, "checkpoint_every_n_layers", 1),
+                     "causal_only_training_attention": getattr(a, "causal_only_training_attention", False),
                      "lora_dropout": next(iter(trainer.model.peft_config.values())).lora_dropout
                      if hasattr(trainer.model, "peft_config") else None,
                      "padding_free": a.padding_free,

@@ -133,6 +133,43 @@ def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, 
         torch.testing.assert_close(runs[2][3][name], weight)
 
 
+def test_causal_only_training_attention_drops_the_padding_mask_and_keeps_the_loss(tiny_model_dir, data_dir, tmp_path,
+                                                                                 in_repo, monkeypatch):
+    """Right-padded training batches run SDPA causal-only without a mask (so it may pick flash attention), and the
+    losses and trained adapter equal those with the padding mask; evaluation keeps the mask."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    runs = {}
+    for causal_only in ("false", "true"):
+        calls = []
+
+        def spy(query, key, value, attn_mask=None, is_causal=False, calls=calls, **kwargs):
+            calls.append((torch.is_grad_enabled(), attn_mask is None and is_causal))
+            return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        torch.manual_seed(0)
+        data_args, _, training_args, model_args = recipe_args(
+            tiny_model_dir, data_dir, tmp_path / f"run-{causal_only}", "--causal_only_training_attention", causal_only,
+            "--max_steps", "2", "--attn_implementation", "sdpa", "--lora_dropout", "0",
+            "--eval_strategy", "steps", "--eval_steps", "100", "--rouge_eval_samples", "0")
+        trainer = build_trainer(data_args, training_args, model_args)
+        trainer.train()
+        eval_loss = trainer.evaluate()["eval_loss"]
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        runs[causal_only] = calls, losses, adapter, eval_loss
+    (masked, masked_losses, masked_adapter, masked_eval), (causal, losses, adapter, eval_loss) = runs.values()
+    # The batches are padded, so the baseline's training forwards have a mask; with the switch none do.
+    assert [no_mask for grad, no_mask in masked if grad] == [False] * 4  # 2 steps x 2 layers
+    assert [no_mask for grad, no_mask in causal if grad] == [True] * 4
+    evaluation = [no_mask for grad, no_mask in causal if not grad]
+    assert evaluation and not any(evaluation)  # eval mode keeps the mask
+    torch.testing.assert_close(losses, masked_losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(eval_loss, masked_eval, rtol=1e-5, atol=1e-6)
+    for name, weight in masked_adapter.items():
+        torch.testing.assert_close(adapter[name], weight, rtol=1e-4, atol=1e-6)
+
+
 def test_layer_norm_runs_in_its_input_dtype_with_autocast_off(monkeypatch):
     """CUDA autocast would run Phi-2's LayerNorms in fp32 and turn the whole residual stream fp32; the bf16 recipes
     run them in bf16 (statistics still accumulate in fp32 inside the kernel)."""

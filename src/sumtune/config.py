@@ -112,6 +112,11 @@ class TrainArguments(SFTConfig):
         metadata={"help": "With gradient_checkpointing: recompute only every n-th decoder layer (1 = all of them); "
                           "the others keep their activations, which is faster and takes more memory."},
     )
+    causal_only_training_attention: bool = field(
+        default=False,
+        metadata={"help": "Train without the padding mask: batches are padded on the right, so causal attention alone "
+                          "keeps real tokens from seeing pads, and SDPA can use its flash kernel. Loss unchanged."},
+    )
 
 
 def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):

@@ -151,6 +151,33 @@ def checkpoint_every_n_layers(model, n: int) -> tuple[int, int]:
     return sum(layer.gradient_checkpointing for layer in layers), len(layers)
 
 
+def causal_attention_for_right_padded_training(model) -> int:
+    """In training mode, drop the padding mask of right-padded batches so attention runs causal-only. Returns the count.
+
+    TRL's training collator pads on the right, so under a causal mask no real token can see a pad: the mask changes
+    only the pads' own outputs, whose labels are -100, and positions count from 0 either way. Without it SDPA gets
+    `is_causal` and no mask tensor, which lets it use its flash kernel; with a mask it builds a 4-D mask each forward
+    and (PyTorch 2.11 on an H200) picks cuDNN attention, which plans anew for each sequence length on the CPU
+    (~2.1 ms a call in bench/results/profile_train_bs16_nogc_2026-11-27.txt). Eval mode keeps the mask: generation
+    pads on the left. No library offers this switch, hence a forward pre-hook on each decoder stack (the module
+    whose forward takes the mask and holds `layers`); batches without a 2-D mask (padding-free) pass unchanged.
+    """
+    from transformers import PreTrainedModel
+
+    stacks = [m for m in model.modules() if isinstance(m, PreTrainedModel) and isinstance(getattr(m, "layers", None),
+                                                                                           torch.nn.ModuleList)]
+    for stack in stacks:
+        stack.register_forward_pre_hook(_drop_right_padding_mask, with_kwargs=True)
+    return len(stacks)
+
+
+def _drop_right_padding_mask(module, args, kwargs):
+    mask = kwargs.get("attention_mask")
+    if module.training and mask is not None and mask.dim() == 2:
+        kwargs["attention_mask"] = None
+    return args, kwargs
+
+
 def _layer_norm_without_autocast(self, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(x.device.type, enabled=False):
         weight = None if self.weight is None else self.weight.to(x.dtype)

@@ -27,6 +27,7 @@ from .data import (
 )
 from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
 from .modeling import (
+    causal_attention_for_right_padded_training,
     checkpoint_every_n_layers,
     keep_4bit_weights_trainable_on_cpu,
     layer_norm_in_input_dtype,
@@ -206,6 +207,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     model = load_model(model_args)
     if training_args.bf16:
         layer_norm_in_input_dtype(model)
+    if training_args.causal_only_training_attention and not training_args.padding_free:
+        causal_attention_for_right_padded_training(model)
     trainer = GuardedSFTTrainer(
         model=model,
         args=training_args,
