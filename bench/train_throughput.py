@@ -35,6 +35,7 @@ T4_GIB = 15.0  # a T4 shows ~15 GiB of its 16 GB to CUDA; emulated with set_per_
 VARIANTS = {
     "stock-fp16": {"stock": "fp16", "reference": True},
     "stock-bf16": {"stock": "bf16"},
+    "stock-fp16-large": {"stock": "fp16", "reference": True, "data": "large"},  # the reference on qlora-large's rows
     "qlora": {"recipe": "recipes/phi-2/qlora.yaml"},
     "qlora-t4": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB},
     "qlora-t4-long": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long"},
@@ -487,8 +488,8 @@ def main() -> None:
                 stock[result["settings"]["precision"]] = row
             row["ratio_vs_reference"] = round(row["tokens_per_s"] / ref["tokens_per_s"], 2) if ref else None
             same = stock.get(result["settings"]["precision"])
-            row["loss_rel_vs_stock"] = round(row["loss"] / same["loss"] - 1, 4) if same and row["data"] == "real" \
-                else None
+            row["loss_rel_vs_stock"] = round(row["loss"] / same["loss"] - 1, 4) \
+                if same and row["data"] == same["data"] else None
         rows.append(row)
         with open(opts.results, "a") as f:
             f.write(json.dumps(row) + "\n")
