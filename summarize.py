@@ -47,7 +47,8 @@ def main():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, eval_args.adapter_path)
-    summary, = generate_summaries(model, tokenizer, [fitted["prompt"]], eval_args.max_new_tokens, eval_args.num_beams)
+    summary, = generate_summaries(model, tokenizer, [fitted["prompt"]], eval_args.max_new_tokens, eval_args.num_beams,
+                                  cudnn_attention=eval_args.cudnn_attention)
     print(summary)
 
 

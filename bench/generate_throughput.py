@@ -59,6 +59,9 @@ def parse_args():
                    help="torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG=:4096:8.")
     p.add_argument("--no-cudnn-sdp", action="store_true",
                    help="Disable cuDNN attention in SDPA (PyTorch's flash / memory-efficient kernels instead).")
+    p.add_argument("--cudnn-attention", action="store_true",
+                   help="Project path: let SDPA use cuDNN attention (evaluate.py's --cudnn_attention; off by default "
+                        "there and here: not reproducible between runs).")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
     return p.parse_args()
 
@@ -165,7 +168,8 @@ def main():
         "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
         "prompt_tokens_max": max(prompt_tokens),
         "command": "python " + shlex.join(sys.argv),
-        "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
+        "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),  # the global switch (stock variants run with it)
+        "project_cudnn_attention": args.cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled(),
     }
     print(json.dumps(common, indent=1), flush=True)
     reference: dict[str, dict[int, list[int]]] = {}
@@ -192,7 +196,7 @@ def main():
 
     def project(model, budget, rows=prompts, batch_size=args.batch_size, **kwargs):
         return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
-                                   min_new_tokens=args.new_tokens, **kwargs))
+                                   min_new_tokens=args.new_tokens, cudnn_attention=args.cudnn_attention, **kwargs))
 
     loop = "own greedy loop, KV cache preallocated per batch"
 

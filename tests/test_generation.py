@@ -100,6 +100,31 @@ def test_prefill_runs_causal_attention_without_a_padding_mask(tiny_model_dir, ti
     assert decode and not any(no_mask for _, no_mask, _ in decode)
 
 
+@pytest.mark.parametrize("cudnn_attention", [False, True])
+def test_generation_keeps_cudnn_attention_off_unless_asked(tiny_model_dir, tiny_tokenizer, monkeypatch,
+                                                           cudnn_attention):
+    """cuDNN attention made repeated bf16 runs disagree on a GPU: generation turns it off for its own batches only
+    (also through generate()), and the caller sees the global switch as it was between rows."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation="sdpa").eval()
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    between_rows = []
+    for use_generate in (False, True):
+        for _ in iter_token_ids(model, tiny_tokenizer, prompts(4), max_new_tokens=2, batch_size=2,
+                                cudnn_attention=cudnn_attention, **({"use_cache": True} if use_generate else {})):
+            between_rows.append(torch.backends.cuda.cudnn_sdp_enabled())
+    assert seen and set(seen) == {cudnn_attention}
+    assert between_rows == [True] * 8
+
+
 def test_generate_path_pads_left_and_matches_the_greedy_loop(tiny_model, tiny_tokenizer):
     """Extra generate() options (or beams) go through `model.generate` on left-padded batches; greedy decisions there
     equal the own loop's on right-padded batches."""

@@ -83,6 +83,12 @@ class EvalArguments:
                           "65536 (~21 GiB) ran fastest on an H200 (bench/results/generate_throughput.md). None: "
                           "batches of generation_batch_size rows."},
     )
+    cudnn_attention: bool = field(
+        default=False,
+        metadata={"help": "Generation: let attention use cuDNN. Faster on an H200 (83-89 against 76 summaries/s) but "
+                          "not reproducible: a repeated run changed the greedy text of 38% of rows "
+                          "(bench/results/generate_throughput.md); off, repeats are identical."},
+    )
     input_file: str | None = field(
         default=None, metadata={"help": "summarize.py: the article to summarize (a text file); unset or `-`: stdin."}
     )

@@ -242,7 +242,7 @@ def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list,
         for j, text in iter_summaries(model, tokenizer, prompts, eval_args.max_new_tokens,
                                       eval_args.num_beams, eval_args.generation_batch_size,
                                       max_batch_tokens=eval_args.generation_max_batch_tokens, batches=batches,
-                                      encoded=encoded):
+                                      encoded=encoded, cudnn_attention=eval_args.cudnn_attention):
             index = rows[j]
             line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
             handle.write((line + "\n").encode("utf-8"))

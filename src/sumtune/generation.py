@@ -9,14 +9,21 @@ torch.compile were measured and did not pay: see bench/results/generate_throughp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .prompts import render_prompt
 
 logger = logging.getLogger(__name__)
+
+# SDPA without cuDNN attention. With it (PyTorch 2.11, H200), the same bf16 generation run twice gave different greedy
+# text on 38% of rows; without it 500 of 500 rows matched, at 76 instead of 83-89 summaries/s
+# (bench/results/generate_throughput.md, 2026-11-27 18:05 UTC). Reproducible scores are the default.
+REPRODUCIBLE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def token_budget_batches(lengths: list[int], max_new_tokens: int, batch_size: int,
@@ -141,14 +148,15 @@ def batch_cost(lengths: list[int], batch: list[int], max_new_tokens: int) -> int
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
                    batches: list[list[int]] | None = None, encoded: list[list[int]] | None = None,
-                   **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
+                   cudnn_attention: bool = False, **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
     `batches` (lists of indices into prompts) replaces the batching of `plan_batches`: data-parallel evaluation
     passes each process its share of the batches one process would make, so rows are generated in the same batches.
     `encoded`: the prompts' token ids when the caller already has them (`encode_prompts`).
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
-    e.g. `cache_implementation="static"`).
+    e.g. `cache_implementation="static"`). `cudnn_attention`: let SDPA use cuDNN (faster, not reproducible; see
+    REPRODUCIBLE_ATTENTION). The switch is set only while a batch computes, never while the caller holds a row.
     """
     if encoded is None:
         encoded = encode_prompts(tokenizer, prompts)
@@ -163,13 +171,14 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         # position, so it takes left padding (it derives position_ids from the attention mask).
         inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="right" if greedy else "left",
                                return_tensors="pt").to(device)
-        if greedy:
-            new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"].sum(-1), max_new_tokens, eos, pad,
-                               min_new_tokens)
-        else:
-            new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                 num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
-                                 **generate_kwargs)[:, inputs["input_ids"].shape[1]:]
+        with contextlib.nullcontext() if cudnn_attention else sdpa_kernel(REPRODUCIBLE_ATTENTION):
+            if greedy:
+                new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"].sum(-1), max_new_tokens, eos,
+                                   pad, min_new_tokens)
+            else:
+                new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                     num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                                     **generate_kwargs)[:, inputs["input_ids"].shape[1]:]
         for i, ids in zip(batch, new.tolist(), strict=True):
             yield i, ids[:ids.index(eos)] if eos in ids else ids
 
