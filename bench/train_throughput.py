@@ -30,6 +30,8 @@ from pathlib import Path
 TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 T4_GIB = 15.0  # a T4 shows ~15 GiB of its 16 GB to CUDA; emulated with set_per_process_memory_fraction
 
+CAUSAL = ["--causal_only_training_attention", "true"]  # no padding mask in training: SDPA's flash kernel
+
 # name -> how it is trained. `stock`: a plain SFTTrainer script ("fp16"/"bf16"); `recipe`: through sumtune with CLI
 # `args`; `patch`: bench-only prototypes of src changes (see PATCHES); `cap`: GiB cap; `data`: "real" or "long".
 VARIANTS = {
@@ -46,18 +48,18 @@ VARIANTS = {
     # mean 912 tokens a row against 486 in `real`): its tokens/s is not XSum's mix; DDP vs 1 GPU stays like for like.
     "qlora-large": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large"},
     "qlora-large-causal": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large",
-                           "args": ["--causal_only_training_attention", "true"]},
+                           "args": CAUSAL},
     # The bf16 recipe with autocast's fp32 LayerNorm, as before sumtune.modeling.layer_norm_in_input_dtype
     "qlora-autocast-ln": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["autocast-ln"]},
     # Lead from the 2026-11-27 16:10 profile (bench/results/profile_train_bs16_nogc_2026-11-27.txt): cuDNN attention
     # spent ~2.1 ms of CPU per call building plans for each new sequence length; PyTorch's own kernels instead.
     "qlora-no-cudnn-sdp": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["no-cudnn-sdp"]},
     # Training without the padding mask (sumtune.modeling.causal_attention_for_right_padded_training): flash attention
-    "qlora-causal": {"recipe": "recipes/phi-2/qlora.yaml", "args": ["--causal_only_training_attention", "true"]},
+    "qlora-causal": {"recipe": "recipes/phi-2/qlora.yaml", "args": CAUSAL},
     "qlora-t4-causal": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB,
-                        "args": ["--causal_only_training_attention", "true"]},
+                        "args": CAUSAL},
     "qlora-t4-long-causal": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long",
-                             "args": ["--causal_only_training_attention", "true"]},
+                             "args": CAUSAL},
     # One GPU at the FSDP recipe's per-GPU settings: the baseline of the multi-GPU variants below
     "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
 }
@@ -67,7 +69,6 @@ NOGC = ["--gradient_checkpointing", "false"]
 PF = ["--padding_free", "true"]
 GROUP = ["--train_sampling_strategy", "group_by_length"]
 NODROP = ["--lora_dropout", "0"]
-CAUSAL = ["--causal_only_training_attention", "true"]  # no padding mask in training: SDPA's flash kernel
 SAC = ["--gradient_checkpointing_kwargs", '{"use_reentrant": false, "selective": true}']  # TRL: keep attention
 
 
@@ -142,7 +143,7 @@ VARIANTS |= {
     "qlora-ddp-large": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml",
                         "data": "large"},
     "qlora-ddp-large-causal": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml",
-                               "data": "large", "args": ["--causal_only_training_attention", "true"]},
+                               "data": "large", "args": CAUSAL},
     "qlora-fsdp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/fsdp_qlora.yaml"},
     # DDP at the FSDP recipe's per-GPU settings: the memory comparison
     "qlora-fsdp-settings-ddp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml",

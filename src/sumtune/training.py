@@ -207,7 +207,7 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     model = load_model(model_args)
     if training_args.bf16:
         layer_norm_in_input_dtype(model)
-    if training_args.causal_only_training_attention and not training_args.padding_free:
+    if training_args.causal_only_training_attention:  # padding-free batches have no mask: unchanged
         causal_attention_for_right_padded_training(model)
     trainer = GuardedSFTTrainer(
         model=model,
