@@ -31,6 +31,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 T4_GIB = 15.0  # a T4 shows ~15 GiB of its 16 GB to CUDA; emulated with set_per_process_memory_fraction
 
 CAUSAL = ["--causal_only_training_attention", "true"]  # no padding mask in training: SDPA's flash kernel
+COMPILE = ["--compile_decoder_layers", "true"]  # torch.compile of each decoder layer in training (warm up >= 2 steps)
 
 # name -> how it is trained. `stock`: a plain SFTTrainer script ("fp16"/"bf16"); `recipe`: through sumtune with CLI
 # `args`; `patch`: bench-only prototypes of src changes (see PATCHES); `cap`: GiB cap; `data`: "real" or "long".
@@ -60,6 +61,10 @@ VARIANTS = {
                         "args": CAUSAL},
     "qlora-t4-long-causal": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long",
                              "args": CAUSAL},
+    # The recipe with its decoder layers compiled (sumtune.modeling.compile_decoder_layers_for_training)
+    "qlora-compile": {"recipe": "recipes/phi-2/qlora.yaml", "args": COMPILE},
+    "qlora-large-compile": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large", "args": COMPILE},
+    "qlora-t4-compile": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "args": COMPILE},
     # One GPU at the FSDP recipe's per-GPU settings: the baseline of the multi-GPU variants below
     "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
 }
@@ -120,6 +125,9 @@ LEVERS = {
     "bf16-bs8-nogc-grouped-nodrop-causal": BF16 + bs(8) + NODROP + GROUP + NOGC + CAUSAL,
     "bf16-bs16-gc2-grouped-nodrop-causal": BF16 + bs(16) + gc_every(2) + NODROP + GROUP + CAUSAL,
     "bf16-bs32-gc2-grouped-nodrop-causal": BF16 + bs(32) + gc_every(2) + NODROP + GROUP + CAUSAL,
+    "bf16-bs16-gc2-grouped-nodrop-causal-compile": BF16 + bs(16) + gc_every(2) + NODROP + GROUP + CAUSAL + COMPILE,
+    "bf16-bs16-nogc-grouped-nodrop-causal-compile": BF16 + bs(16) + NODROP + GROUP + NOGC + CAUSAL + COMPILE,
+    "bf16-bs64-gc-grouped-nodrop-causal-compile": BF16 + bs(64) + NODROP + GROUP + CAUSAL + COMPILE,
     "t4-bs16-gc-grouped": FP16 + bs(16) + GROUP,
     "fp16-bs8-nogc-pf-gelu": FP16 + bs(8) + PF + NOGC,
     "t4-bs8-gc-pf": FP16 + bs(8) + PF,
@@ -144,6 +152,8 @@ VARIANTS |= {
                         "data": "large"},
     "qlora-ddp-large-causal": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml",
                                "data": "large", "args": CAUSAL},
+    "qlora-ddp-large-compile": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml",
+                                "data": "large", "args": COMPILE},
     "qlora-fsdp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml", "launch": "accelerate_configs/fsdp_qlora.yaml"},
     # DDP at the FSDP recipe's per-GPU settings: the memory comparison
     "qlora-fsdp-settings-ddp": {"recipe": "recipes/phi-2/qlora-fsdp.yaml",

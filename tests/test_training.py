@@ -170,6 +170,51 @@ def test_causal_only_training_attention_drops_the_padding_mask_and_keeps_the_los
         torch.testing.assert_close(adapter[name], weight, rtol=1e-4, atol=1e-6)
 
 
+def test_compiled_decoder_layers_train_as_eager_ones_and_evaluation_stays_eager(tiny_model_dir, data_dir, tmp_path,
+                                                                                 in_repo, monkeypatch):
+    """compile_decoder_layers: the training forwards go through one torch.compile'd graph per shape with no graph
+    break (bitsandbytes' in-place bias cast would cause one), losses, eval loss and adapter equal the eager run's, and
+    evaluation calls the eager forward."""
+    from torch._dynamo.utils import counters
+
+    compile_ = torch.compile
+    runs = {}
+    for compiled in ("false", "true"):
+        calls = []
+
+        def spy(fn, *args, calls=calls, **kwargs):
+            graph = compile_(fn, *args, **kwargs)
+
+            def call(*a, **k):
+                calls.append(torch.is_grad_enabled())
+                return graph(*a, **k)
+            return call
+
+        monkeypatch.setattr(torch, "compile", spy)
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        data_args, _, training_args, model_args = recipe_args(
+            tiny_model_dir, data_dir, tmp_path / f"run-{compiled}", "--compile_decoder_layers", compiled,
+            "--max_steps", "2", "--lora_dropout", "0", "--gradient_checkpointing", "true",
+            "--eval_strategy", "steps", "--eval_steps", "100", "--rouge_eval_samples", "0")
+        trainer = build_trainer(data_args, training_args, model_args)
+        trainer.train()
+        eval_loss = trainer.evaluate()["eval_loss"]
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        runs[compiled] = calls, losses, adapter, eval_loss, dict(counters["graph_break"]), counters["stats"].copy()
+    eager_run, compiled_run = runs["false"], runs["true"]
+    assert eager_run[0] == [] and eager_run[5]["unique_graphs"] == 0
+    calls, losses, adapter, eval_loss, graph_breaks, stats = compiled_run
+    assert len(calls) >= 4 and all(calls)  # 2 steps x 2 layers (x2 where the recompute calls forward again); no eval
+    assert graph_breaks == {} and stats["unique_graphs"] >= 1
+    torch.testing.assert_close(losses, eager_run[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(eval_loss, eager_run[3], rtol=1e-5, atol=1e-6)
+    for name, weight in eager_run[2].items():
+        torch.testing.assert_close(adapter[name], weight, rtol=1e-3, atol=1e-4)  # Adam on fused sums
+
+
 def test_layer_norm_runs_in_its_input_dtype_with_autocast_off(monkeypatch):
     """CUDA autocast would run Phi-2's LayerNorms in fp32 and turn the whole residual stream fp32; the bf16 recipes
     run them in bf16 (statistics still accumulate in fp32 inside the kernel)."""

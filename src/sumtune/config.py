@@ -123,6 +123,11 @@ class TrainArguments(SFTConfig):
         metadata={"help": "Train without the padding mask: batches are padded on the right, so causal attention alone "
                           "keeps real tokens from seeing pads, and SDPA can use its flash kernel. Loss unchanged."},
     )
+    compile_decoder_layers: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each decoder layer for training (eval and generation stay eager): fuses the "
+                          "elementwise work around the 4-bit matmuls. The first steps compile (about a minute)."},
+    )
 
 
 def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):

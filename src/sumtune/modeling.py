@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 
@@ -169,6 +170,35 @@ def causal_attention_for_right_padded_training(model) -> int:
     for stack in stacks:
         stack.register_forward_pre_hook(_drop_right_padding_mask, with_kwargs=True)
     return len(stacks)
+
+
+def compile_decoder_layers_for_training(model) -> int:
+    """torch.compile the forward of every decoder layer, used in training mode only. Returns the count.
+
+    One compiled graph serves all layers (PyTorch >= 2.5 treats module parameters as graph inputs), recompiled once
+    with a dynamic sequence length when the second length arrives. Eval mode (the Trainer's evaluation, ROUGE
+    generation with its growing KV cache) keeps the eager forward, so new decoding shapes never trigger compiles.
+    Not Trainer's `torch_compile` (the whole model, eval included) nor accelerate's `compile_regions` (it wraps the
+    layers in OptimizedModule, which hides them from transformers' gradient-checkpointing switch). Gradient
+    checkpointing stays outside or inside the compiled region, as the transformers version puts it.
+    bitsandbytes' Linear4bit casts a bias of another dtype in place (`bias.data = ...`) on its first call, which
+    dynamo cannot trace; the frozen biases are given their layer's compute dtype here, which is what that cast does.
+    """
+    import bitsandbytes as bnb
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and module.bias is not None and module.compute_dtype is not None:
+            module.bias.data = module.bias.data.to(module.compute_dtype)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        eager = layer.forward
+        layer.forward = functools.partial(_forward_compiled_in_training, layer, eager, torch.compile(eager))
+    return len(layers)
+
+
+def _forward_compiled_in_training(layer, eager, compiled, *args, **kwargs):
+    return (compiled if layer.training else eager)(*args, **kwargs)
 
 
 def _drop_right_padding_mask(module, args, kwargs):

@@ -29,6 +29,7 @@ from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_mani
 from .modeling import (
     causal_attention_for_right_padded_training,
     checkpoint_every_n_layers,
+    compile_decoder_layers_for_training,
     keep_4bit_weights_trainable_on_cpu,
     layer_norm_in_input_dtype,
     load_model,
@@ -226,6 +227,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     # master weights lose small updates, and PEFT reloads a checkpoint's adapter in fp32, so a resumed run would
     # otherwise continue in another precision than an uninterrupted one.
     upcast_trainable_params(trainer.model)
+    if training_args.compile_decoder_layers:
+        compile_decoder_layers_for_training(trainer.model)
     if eval_args is not None and eval_args.rouge_eval_samples and eval_dataset is not None:
         if fsdp_enabled():
             logger.warning("rouge_eval_samples is not supported under FSDP; evaluate.py scores the adapter instead.")
