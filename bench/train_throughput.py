@@ -483,8 +483,9 @@ def main() -> None:
                 result["peak_gib_per_gpu"] = [r["peak_gib"] for r in sorted(results, key=lambda r: r["process"])]
                 result["peak_gib"] = max(result["peak_gib_per_gpu"], key=lambda g: g or 0)
             error = None if result else next((x for x in reversed(lines) if "Error" in x), lines[-1] if lines else "")
-        except subprocess.TimeoutExpired:
-            result, error, lines = None, f"timeout after {opts.timeout}s", []
+        except subprocess.TimeoutExpired as expired:  # keep what it printed (bytes here even with text=True)
+            out = b"".join(x if isinstance(x, bytes) else x.encode() for x in (expired.stdout, expired.stderr) if x)
+            result, error, lines = None, f"timeout after {opts.timeout}s", out.decode(errors="replace").splitlines()
         (work / "logs").mkdir(parents=True, exist_ok=True)
         (work / "logs" / f"{name}.log").write_text("\n".join(lines))
         row = {"variant": name, "reference": bool(spec.get("reference")), **env, "date": date,

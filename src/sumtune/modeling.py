@@ -175,9 +175,11 @@ def causal_attention_for_right_padded_training(model) -> int:
 def compile_decoder_layers_for_training(model) -> int:
     """torch.compile the forward of every decoder layer, used in training mode only. Returns the count.
 
-    One compiled graph serves all layers (PyTorch >= 2.5 treats module parameters as graph inputs), recompiled once
-    with a dynamic sequence length when the second length arrives. Eval mode (the Trainer's evaluation, ROUGE
-    generation with its growing KV cache) keeps the eager forward, so new decoding shapes never trigger compiles.
+    One compiled graph serves all layers (PyTorch >= 2.5 treats module parameters as graph inputs); it is compiled
+    for the first batch's shapes and once more, with a dynamic sequence length, when the first new length arrives
+    (tens of seconds on an H200; length-grouped batches can keep one length for many steps, so that may be late).
+    Eval mode (the Trainer's evaluation, ROUGE generation with its growing KV cache) keeps the eager forward, so
+    new decoding shapes never trigger compiles.
     Not Trainer's `torch_compile` (the whole model, eval included) nor accelerate's `compile_regions` (it wraps the
     layers in OptimizedModule, which hides them from transformers' gradient-checkpointing switch). Gradient
     checkpointing stays outside or inside the compiled region, as the transformers version puts it.
