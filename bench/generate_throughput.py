@@ -308,6 +308,14 @@ def main():
         out, s, mem = timed(device, lambda: project(model, budget))
         record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+        if "nf4_dequantized" not in skip:  # evaluate.py --dequantize_4bit_base true: the same weights, dequantized once
+            from sumtune.modeling import dequantize_4bit_linears
+
+            dequantize_4bit_linears(model)
+            for budget in budgets:
+                out, s, mem = timed(device, lambda budget=budget: project(model, budget))
+                record(f"project_nf4_lora_dequantized_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
+                       batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
 
 
 if __name__ == "__main__":

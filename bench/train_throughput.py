@@ -327,13 +327,15 @@ def run_variant(name: str, opts) -> dict:
                   if isinstance(m, torch.nn.LayerNorm) and "forward" in m.__dict__]
         log(f"LayerNorm back under autocast (fp32) in {len(undone)} modules")
 
-    marks = []
+    marks, graphs = [], []
+    from torch._dynamo.utils import counters  # graphs compiled so far: a compile inside the timed steps is flagged
 
     class Meter(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
             marks.append((time.perf_counter(), trainer._total_train_tokens))
+            graphs.append(counters["stats"]["unique_graphs"])
 
     class Profile(TrainerCallback):
         """torch.profiler over the first timed optimizer step, written as a table to --profile. gpu_busy_share =
@@ -380,6 +382,8 @@ def run_variant(name: str, opts) -> dict:
         "process": trainer.accelerator.process_index,
         "processes": trainer.accelerator.num_processes,
         "tokens_per_s": round((n1 - n0) / (t1 - t0), 1),
+        "graphs_compiled_in_timed_steps": graphs[-1] - graphs[opts.warmup - 1],
+        "graph_breaks": sum(counters["graph_break"].values()),
         "peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "loss": logs[-1]["loss"],
         "loss_mean": round(sum(e["loss"] for e in logs) / len(logs), 4),
@@ -516,7 +520,8 @@ def main() -> None:
         if "tokens_per_s" in r:
             rel = r["loss_rel_vs_stock"]
             print(f"{r['variant']:32} {r['tokens_per_s']:8.0f} {r['ratio_vs_reference'] or 0:6.2f} "
-                  f"{r['peak_gib'] or 0:9.2f} {r['loss']:8.4f} {'' if rel is None else f'{rel:+.2%}':>9}")
+                  f"{r['peak_gib'] or 0:9.2f} {r['loss']:8.4f} {'' if rel is None else f'{rel:+.2%}':>9}"
+                  + ("  COMPILED INSIDE THE TIMED STEPS" if r.get("graphs_compiled_in_timed_steps") else ""))
         else:
             print(f"{r['variant']:32} FAILED: {r['error'][:80]}")
     if opts.repeats > 1:  # medians over the repeats, each against the first variant's median

@@ -65,3 +65,12 @@ def test_lead_baseline_on_real_xsum_rows(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "lead" / "metrics.json").read_text())
     assert metrics["num_rows"] == 500 and 5 < metrics["rouge1"] < 40
+
+
+def test_model_mode_with_a_dequantized_4bit_base(tiny_model_dir, data_dir, tmp_path, in_repo, caplog):
+    with caplog.at_level("INFO", logger="sumtune.evaluation"):
+        metrics = run_eval("--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir),
+                           "--load_in_4bit", "true", "--dequantize_4bit_base", "true", "--dataset_name",
+                           str(data_dir), "--max_new_tokens", "8", "--output_dir", str(tmp_path / "model"))
+    assert "Dequantized 12 4-bit layers for generation" in caplog.text  # 2 layers x 6 projections
+    assert metrics["num_rows"] == 4 and metrics["mode"] == "model"

@@ -136,3 +136,41 @@ def test_generate_path_pads_left_and_matches_the_greedy_loop(tiny_model, tiny_to
     assert through_generate == loop
     beams = dict(iter_token_ids(tiny_model, tiny_tokenizer, rows, max_new_tokens=8, batch_size=6, num_beams=2))
     assert sorted(beams) == list(range(6)) and all(len(ids) <= 8 for ids in beams.values())
+
+
+def test_dequantized_4bit_base_generates_as_the_4bit_one(tiny_model_dir, tiny_tokenizer):
+    """dequantize_4bit_linears (evaluate.py --dequantize_4bit_base): an adapter on the NF4 base gives the same logits
+    and greedy tokens with each 4-bit weight dequantized once, and no 4-bit layer is left."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    from sumtune.modeling import dequantize_4bit_linears, keep_4bit_weights_trainable_on_cpu
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=quant, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, task_type="CAUSAL_LM",
+                                            target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]))
+    model.eval()
+    expected_weight = bnb.functional.dequantize_4bit(
+        *(lambda w: (w.data, w.quant_state))(model.base_model.model.model.layers[0].mlp.fc1.base_layer.weight))
+    assert dequantize_4bit_linears(model) == 12  # 2 layers x 6 projections
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    torch.testing.assert_close(model.base_model.model.model.layers[0].mlp.fc1.base_layer.weight, expected_weight)
+
+    reference = get_peft_model(  # the same adapter on a freshly loaded 4-bit base
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=quant, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, task_type="CAUSAL_LM",
+                   target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])).eval()
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if "lora_" in k}, strict=False)
+    # On the CPU bitsandbytes would otherwise repack the weights at the first eval forward and compute in bf16; on a
+    # GPU a batched input always takes dequantize + matmul, the path compared here.
+    keep_4bit_weights_trainable_on_cpu(reference)
+    ids = tiny_tokenizer(["the council said", "a new report on rail fares"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**ids).logits, reference(**ids).logits, rtol=1e-5, atol=1e-5)
+    rows = prompts(5)
+    assert (dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=10, batch_size=4))
+            == dict(iter_token_ids(reference, tiny_tokenizer, rows, max_new_tokens=10, batch_size=4)))

@@ -133,6 +133,20 @@ def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, 
         torch.testing.assert_close(runs[2][3][name], weight)
 
 
+def train_two_steps_and_evaluate(tiny_model_dir, data_dir, output_dir, *extra):
+    """(training losses, trained adapter, eval loss) of 2 seeded steps without LoRA dropout."""
+    torch.manual_seed(0)
+    data_args, _, training_args, model_args = recipe_args(
+        tiny_model_dir, data_dir, output_dir, "--max_steps", "2", "--lora_dropout", "0", "--eval_strategy", "steps",
+        "--eval_steps", "100", "--rouge_eval_samples", "0", *extra)
+    trainer = build_trainer(data_args, training_args, model_args)
+    trainer.train()
+    eval_loss = trainer.evaluate()["eval_loss"]
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return losses, adapter, eval_loss
+
+
 def test_causal_only_training_attention_drops_the_padding_mask_and_keeps_the_loss(tiny_model_dir, data_dir, tmp_path,
                                                                                  in_repo, monkeypatch):
     """Right-padded training batches run SDPA causal-only without a mask (so it may pick flash attention), and the
@@ -147,17 +161,9 @@ def test_causal_only_training_attention_drops_the_padding_mask_and_keeps_the_los
             return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
 
         monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-        torch.manual_seed(0)
-        data_args, _, training_args, model_args = recipe_args(
+        runs[causal_only] = calls, *train_two_steps_and_evaluate(
             tiny_model_dir, data_dir, tmp_path / f"run-{causal_only}", "--causal_only_training_attention", causal_only,
-            "--max_steps", "2", "--attn_implementation", "sdpa", "--lora_dropout", "0",
-            "--eval_strategy", "steps", "--eval_steps", "100", "--rouge_eval_samples", "0")
-        trainer = build_trainer(data_args, training_args, model_args)
-        trainer.train()
-        eval_loss = trainer.evaluate()["eval_loss"]
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        runs[causal_only] = calls, losses, adapter, eval_loss
+            "--attn_implementation", "sdpa")
     (masked, masked_losses, masked_adapter, masked_eval), (causal, losses, adapter, eval_loss) = runs.values()
     # The batches are padded, so the baseline's training forwards have a mask; with the switch none do.
     assert [no_mask for grad, no_mask in masked if grad] == [False] * 4  # 2 steps x 2 layers
@@ -193,17 +199,9 @@ def test_compiled_decoder_layers_train_as_eager_ones_and_evaluation_stays_eager(
         monkeypatch.setattr(torch, "compile", spy)
         torch._dynamo.reset()
         counters.clear()
-        torch.manual_seed(0)
-        data_args, _, training_args, model_args = recipe_args(
-            tiny_model_dir, data_dir, tmp_path / f"run-{compiled}", "--compile_decoder_layers", compiled,
-            "--max_steps", "2", "--lora_dropout", "0", "--gradient_checkpointing", "true",
-            "--eval_strategy", "steps", "--eval_steps", "100", "--rouge_eval_samples", "0")
-        trainer = build_trainer(data_args, training_args, model_args)
-        trainer.train()
-        eval_loss = trainer.evaluate()["eval_loss"]
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        runs[compiled] = calls, losses, adapter, eval_loss, dict(counters["graph_break"]), counters["stats"].copy()
+        run = train_two_steps_and_evaluate(tiny_model_dir, data_dir, tmp_path / f"run-{compiled}",
+                                           "--compile_decoder_layers", compiled, "--gradient_checkpointing", "true")
+        runs[compiled] = calls, *run, dict(counters["graph_break"]), counters["stats"].copy()
     eager_run, compiled_run = runs["false"], runs["true"]
     assert eager_run[0] == [] and eager_run[5]["unique_graphs"] == 0
     calls, losses, adapter, eval_loss, graph_breaks, stats = compiled_run

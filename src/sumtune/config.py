@@ -89,6 +89,12 @@ class EvalArguments:
                           "not reproducible: a repeated run changed the greedy text of 38% of rows "
                           "(bench/results/generate_throughput.md); off, repeats are identical."},
     )
+    dequantize_4bit_base: bool = field(
+        default=False,
+        metadata={"help": "evaluate.py with a 4-bit base: dequantize each 4-bit weight once before generating (Phi-2: "
+                          "~5.2 GB instead of ~1.7 GB) instead of in every forward, as bitsandbytes does for batched "
+                          "inputs. Same weight values; speed not yet measured on a GPU."},
+    )
     input_file: str | None = field(
         default=None, metadata={"help": "summarize.py: the article to summarize (a text file); unset or `-`: stdin."}
     )

@@ -44,7 +44,7 @@ from .manifest import (
     write_manifest,
 )
 from .metrics import ROUGE_TYPES, compute_rouge
-from .modeling import load_model, load_tokenizer
+from .modeling import dequantize_4bit_linears, load_model, load_tokenizer
 from .predictions import (
     PARTIAL_PREFIX,
     deal_batches,
@@ -227,6 +227,8 @@ def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: Pa
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, eval_args.adapter_path)
+    if eval_args.dequantize_4bit_base and model_args.load_in_4bit:
+        logger.info("Dequantized %d 4-bit layers for generation", dequantize_4bit_linears(model))
     return model
 
 
