@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -478,14 +479,24 @@ def main() -> None:
             env_one = child_env
             if not spec.get("launch"):  # one process sees one GPU (Trainer would wrap several in DataParallel)
                 env_one = dict(child_env, CUDA_VISIBLE_DEVICES=child_env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=opts.timeout, env=env_one)
-            lines = (proc.stdout + proc.stderr).strip().splitlines()
-            results = [json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            # Own process group: on a timeout the launcher's workers go too (they would hold the GPUs for the next run)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_one,
+                                    start_new_session=True)
+            try:
+                stdout, stderr = proc.communicate(timeout=opts.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
+                raise subprocess.TimeoutExpired(argv, opts.timeout, stdout, stderr) from None
+            lines = (stdout + stderr).strip().splitlines()
+            results = [json.loads(x[7:]) for x in stdout.splitlines() if x.startswith("RESULT ")]
             # Several processes: rank 0's row (its token count is every rank's), with the largest peak of any GPU.
             result = next((r for r in results if r.get("process", 0) == 0), None)
             if result and len(results) > 1:
                 result["peak_gib_per_gpu"] = [r["peak_gib"] for r in sorted(results, key=lambda r: r["process"])]
                 result["peak_gib"] = max(result["peak_gib_per_gpu"], key=lambda g: g or 0)
+                for key in ("graphs_compiled_in_timed_steps", "graph_breaks"):  # any rank's stall stalls them all
+                    result[key] = max(r.get(key, 0) for r in results)
             error = None if result else next((x for x in reversed(lines) if "Error" in x), lines[-1] if lines else "")
         except subprocess.TimeoutExpired as expired:  # keep what it printed (bytes here even with text=True)
             out = b"".join(x if isinstance(x, bytes) else x.encode() for x in (expired.stdout, expired.stderr) if x)

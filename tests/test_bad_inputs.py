@@ -99,6 +99,8 @@ CASES = [
     ("checkpoint-setting-without-checkpointing", lambda t, m: train(t, "--checkpoint_every_n_layers", "2"),
      "only applies with `gradient_checkpointing: true`"),
     ("unknown-cli-flag", lambda t, m: train(t, "--learnin_rate", "1"), "--learnin_rate"),
+    ("compiled-twice", lambda t, m: train(t, "--dataset_name", data_folder(t), "--compile_decoder_layers", "true",
+                                          "--torch_compile", "true"), "keep one"),
     ("fp16-on-cpu", lambda t, m: train(t, "--dataset_name", data_folder(t), "--fp16", "true"), "fp16: false"),
     ("hub-token-in-recipe", lambda t, m: train(t, "--config", recipe(t, "hub_token: hf_abc")), "HF_TOKEN"),
     ("model-path-missing", lambda t, m: train(t, "--dataset_name", data_folder(t), "--model_name_or_path",

@@ -231,7 +231,8 @@ def compile_decoder_layers_for_training(model) -> int:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit) and module.bias is not None and module.compute_dtype is not None:
+        if (isinstance(module, bnb.nn.Linear4bit) and module.bias is not None and not module.bias.requires_grad
+                and module.compute_dtype is not None):
             module.bias.data = module.bias.data.to(module.compute_dtype)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:

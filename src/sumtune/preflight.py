@@ -41,6 +41,21 @@ def check_precision(training_args: SFTConfig, model_args: ModelConfig, training:
     if training:
         check_launcher_precision(training_args)
         check_fsdp(model_args)
+        check_compile(training_args)
+
+
+def check_compile(training_args: SFTConfig) -> None:
+    """`compile_decoder_layers` needs one compiled graph shared by all layers, and no second compile around it."""
+    if not getattr(training_args, "compile_decoder_layers", False):
+        return
+    if tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2]) < (2, 5):
+        raise ConfigError(f"`compile_decoder_layers` needs torch >= 2.5 (found {torch.__version__}): older versions "
+                          "compile each layer separately and fall back to eager. Upgrade torch or set it to false.")
+    if training_args.torch_compile:
+        raise ConfigError("`compile_decoder_layers` and `torch_compile` both compile the model: keep one.")
+    if fsdp_enabled():
+        raise ConfigError("`compile_decoder_layers` is not supported under FSDP (not tried): set it to false, or use a "
+                          "DDP accelerate config.")
 
 
 def check_launcher_precision(training_args: SFTConfig) -> None:
