@@ -101,7 +101,12 @@ def build_nf4_lora(model, device: str, folder: Path):
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
                       init_lora_weights=False, task_type="CAUSAL_LM")
     torch.manual_seed(1)
-    return get_peft_model(base, lora).eval()
+    model = get_peft_model(base, lora).eval()
+    if device == "cpu":  # smoke test: keep the 4-bit layout a GPU has (bitsandbytes would repack it for its CPU
+        from sumtune.modeling import keep_4bit_weights_trainable_on_cpu  # kernel, and dequantize() reads that wrongly)
+
+        keep_4bit_weights_trainable_on_cpu(model)
+    return model
 
 
 @torch.inference_mode()

@@ -172,45 +172,24 @@ def causal_attention_for_right_padded_training(model) -> int:
     return len(stacks)
 
 
-class DequantizedLinear(torch.nn.Linear):
-    """A 4-bit layer's weight, dequantized once; like bitsandbytes' Linear4bit it computes in the weight's dtype and
-    returns its input's dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
-
-
 def dequantize_4bit_linears(model) -> int:
-    """Replace every bitsandbytes Linear4bit (also a PEFT LoRA layer's base) by its weight dequantized once, in the
-    layer's compute dtype. Returns the count. For generation only: the model no longer trains its base.
+    """Replace every bitsandbytes Linear4bit (also a PEFT LoRA layer's base) by a torch Linear holding its weight
+    dequantized once, in the model's dtype (the recipes' 4-bit compute dtype). Returns the count. For generation only.
 
     For any input of more than one token bitsandbytes dequantizes the whole weight in every forward, then runs a
     plain matmul (`MatMul4Bit`): generation with an adapter on the 4-bit base repeats that for every layer at every
     decoding step. Doing it once computes with the same weight values for ~2 bytes a parameter instead of ~0.5
-    (Phi-2: ~5.2 GB instead of ~1.7 GB). No library offers this for an unmerged adapter (merging changes the sums).
-    Call it before the first forward: on a CPU with AVX512-BF16, bitsandbytes repacks the 4-bit weights for its own
-    kernel at the first eval forward, and undoing that (done here if needed) gives back slightly different values.
+    (Phi-2: ~5.2 GB instead of ~1.7 GB); the adapter stays unmerged. transformers' `dequantize()` does the
+    replacement; here it is applied under PEFT's wrapper. Call it before the first forward: on a CPU with AVX512-BF16,
+    bitsandbytes repacks the 4-bit weights for its own kernel at the first eval forward.
     """
     import bitsandbytes as bnb
 
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, bnb.nn.Linear4bit):
-                continue
-            data, state = child.weight.data, child.weight.quant_state
-            if getattr(state, "packing_format_for_cpu", False):  # as bitsandbytes' own Params4bit.cuda() undoes it
-                data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data, state)
-            dtype = child.compute_dtype or state.dtype
-            linear = DequantizedLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                       device="meta")
-            weight = bnb.functional.dequantize_4bit(data, state).to(dtype)
-            linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-            if child.bias is not None:
-                linear.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
-            setattr(parent, name, linear)
-            replaced += 1
-    return replaced
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    count = sum(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
+    if count:
+        base.dequantize()
+    return count
 
 
 def compile_decoder_layers_for_training(model) -> int:
