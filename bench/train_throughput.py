@@ -385,7 +385,8 @@ def run_variant(name: str, opts) -> dict:
         "tokens_per_s": round((n1 - n0) / (t1 - t0), 1),
         "graphs_compiled_in_timed_steps": graphs[-1] - graphs[opts.warmup - 1],
         "graph_breaks": sum(counters["graph_break"].values()),
-        "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:], strict=False)],  # a compile shows as an outlier
+        # a compile shows as an outlier
+        "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:], strict=False)],
         "peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "loss": logs[-1]["loss"],
         "loss_mean": round(sum(e["loss"] for e in logs) / len(logs), 4),
