@@ -6,6 +6,8 @@
 RECIPE ?= recipes/phi-2/qlora.yaml
 ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
 OUTPUT_DIR ?= outputs/phi-2-xsum-qlora
+# Extra train.py flags, e.g. TRAIN_ARGS="--compile_decoder_layers true --max_train_samples 20000"
+TRAIN_ARGS ?=
 # The CPU build of torch from this machine's local index; on a GPU box use `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 
@@ -35,7 +37,7 @@ data: $(STAMP)
 
 train: $(STAMP)
 	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) train.py --config $(RECIPE) \
-		--output_dir $(OUTPUT_DIR) --dataset_name $(OUTPUT_DIR)/data
+		--output_dir $(OUTPUT_DIR) --dataset_name $(OUTPUT_DIR)/data $(TRAIN_ARGS)
 
 merge: $(STAMP)
 	$(PYTHON) merge.py --config $(RECIPE) --adapter_path $(OUTPUT_DIR)/adapter --output_dir $(OUTPUT_DIR)/merged
