@@ -10,13 +10,14 @@ prompt and generation settings as evaluate.py.
 import sys
 from pathlib import Path
 
-import torch
+from accelerate import PartialState
 
 from sumtune.cli import run
 from sumtune.config import ConfigError, parse_args
 from sumtune.data import fit_to_budget
+from sumtune.evaluation import load_eval_model
 from sumtune.generation import generate_summaries
-from sumtune.modeling import load_model, load_tokenizer
+from sumtune.modeling import load_tokenizer
 from sumtune.preflight import check_adapter, check_model_source
 from sumtune.prompts import read_text
 
@@ -42,11 +43,7 @@ def main():
     if fitted is None:
         raise ConfigError(f"max_length={training_args.max_length} leaves no room for the prompt and "
                           f"max_new_tokens={eval_args.max_new_tokens}: raise --max_length.")
-    model = load_model(model_args, device="cuda" if torch.cuda.is_available() else None)
-    if eval_args.adapter_path:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, eval_args.adapter_path)
+    model = load_eval_model(eval_args, model_args, PartialState())  # as evaluate.py loads it, adapter included
     summary, = generate_summaries(model, tokenizer, [fitted["prompt"]], eval_args.max_new_tokens, eval_args.num_beams,
                                   cudnn_attention=eval_args.cudnn_attention)
     print(summary)
