@@ -39,6 +39,9 @@ def parse_args():
     p.add_argument("--data", default=".device_assets/xsum_test_sample_500.jsonl")
     p.add_argument("--output", required=True, help="JSONL file: one object per variant is appended.")
     p.add_argument("--rows", type=int, default=500)
+    p.add_argument("--tile", type=int, default=1,
+                   help="Repeat the rows N times: the test set's 11,334 rows fill batches more densely than 500 "
+                        "(as bench/eval_data_parallel.py --repeat does for evaluate.py).")
     p.add_argument("--batch1-rows", type=int, default=32, help="Rows for stock batch-1 (the match reference).")
     p.add_argument("--nf4-batch1-rows", type=int, default=16, help="Rows for stock batch-1 on NF4+LoRA; 0 skips.")
     p.add_argument("--new-tokens", type=int, default=26, help="XSum's mean summary length in Phi-2 tokens.")
@@ -70,7 +73,8 @@ def build_prompts(args, tokenizer) -> list[list[dict]]:
     instruction = read_text("prompts/instruction.txt", "Instruction file")
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     fitted = [fit_to_budget(tokenizer, instruction, r["document"], r["summary"], args.max_length) for r in rows]
-    return [f["prompt"] for f in fitted if f is not None][: args.rows]
+    prompts = [f["prompt"] for f in fitted if f is not None][: args.rows]
+    return prompts * args.tile  # copies after the originals: stock batch-1 rows (the first ones) stay distinct
 
 
 def build_model(args, device: str, dtype: torch.dtype | None = None, fused_act: bool = False):
@@ -171,7 +175,7 @@ def main():
         "attn_implementation": model.config._attn_implementation, "new_tokens": args.new_tokens,
         "forced_length": "min_new_tokens = max_new_tokens (random weights never emit EOS)",
         "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
-        "prompt_tokens_max": max(prompt_tokens),
+        "prompt_tokens_max": max(prompt_tokens), "tile": args.tile,
         "command": "python " + shlex.join(sys.argv),
         "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),  # the global switch (stock variants run with it)
         "project_cudnn_attention": args.cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled(),

@@ -5,7 +5,8 @@ accelerate deals consecutive batches to the ranks, so at each optimizer step ran
 one of the same sorted megabatch. A step lasts as long as its slower rank. With the cost of a batch taken as its
 padded tokens (rows x longest row), this prints, for training sets of several sizes built by drawing from the real
 lengths: balance = mean rank cost / slowest rank cost per step (1.0 = perfectly even; DDP's speed-up is at most
-`ranks x balance` over one GPU doing the same batches).
+`ranks x balance` over one GPU doing the same batches). The second figure is for the order the project's trainer
+uses under DDP (`sumtune.training.RankInterleavedSampler`: each step's rows dealt row by row to the ranks).
 
     python bench/rank_balance.py --data /tmp/sumtune-bench/data   # a folder prepared by bench/train_throughput.py
 """
@@ -19,10 +20,13 @@ import torch
 from datasets import load_from_disk
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from sumtune.training import RankInterleavedSampler
 
-def balance(lengths: list[int], batch: int, ranks: int, seed: int) -> float:
+
+def balance(lengths: list[int], batch: int, ranks: int, seed: int, interleave: bool = False) -> float:
     generator = torch.Generator().manual_seed(seed)
-    order = list(LengthGroupedSampler(batch, lengths=lengths, generator=generator))
+    sampler = LengthGroupedSampler(batch, lengths=lengths, generator=generator)
+    order = list(RankInterleavedSampler(sampler, batch, ranks) if interleave else sampler)
     costs = [batch * max(lengths[i] for i in order[k:k + batch]) for k in range(0, len(order) - batch + 1, batch)]
     steps = [costs[k:k + ranks] for k in range(ranks, len(costs) - ranks + 1, ranks)]  # the first step is warm-up
     return sum(sum(s) for s in steps) / (ranks * sum(max(s) for s in steps))
@@ -41,7 +45,9 @@ def main() -> None:
     for size in (int(x) for x in args.sizes.split(",")):
         drawn = lengths if size == 0 else [rng.choice(lengths) for _ in range(size)]
         values = [balance(drawn, args.batch, args.ranks, seed) for seed in range(3)]
-        print(f"{len(drawn):>7} rows: balance {min(values):.3f}-{max(values):.3f} (3 sampler seeds)")
+        dealt = [balance(drawn, args.batch, args.ranks, seed, interleave=True) for seed in range(3)]
+        print(f"{len(drawn):>7} rows: balance {min(values):.3f}-{max(values):.3f}, interleaved "
+              f"{min(dealt):.3f}-{max(dealt):.3f} (3 sampler seeds)")
 
 
 if __name__ == "__main__":

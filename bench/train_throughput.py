@@ -128,6 +128,7 @@ LEVERS = {
     "bf16-bs32-gc2-grouped-nodrop-causal": BF16 + bs(32) + gc_every(2) + NODROP + GROUP + CAUSAL,
     "bf16-bs16-gc2-grouped-nodrop-causal-compile": BF16 + bs(16) + gc_every(2) + NODROP + GROUP + CAUSAL + COMPILE,
     "bf16-bs16-nogc-grouped-nodrop-causal-compile": BF16 + bs(16) + NODROP + GROUP + NOGC + CAUSAL + COMPILE,
+    "bf16-bs8-nogc-grouped-nodrop-causal-compile": BF16 + bs(8) + NODROP + GROUP + NOGC + CAUSAL + COMPILE,
     "bf16-bs64-gc-grouped-nodrop-causal-compile": BF16 + bs(64) + NODROP + GROUP + CAUSAL + COMPILE,
     "t4-bs16-gc-grouped": FP16 + bs(16) + GROUP,
     "fp16-bs8-nogc-pf-gelu": FP16 + bs(8) + PF + NOGC,
