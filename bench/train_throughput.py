@@ -66,6 +66,8 @@ VARIANTS = {
     "qlora-compile": {"recipe": "recipes/phi-2/qlora.yaml", "args": COMPILE},
     "qlora-large-compile": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large", "args": COMPILE},
     "qlora-t4-compile": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "args": COMPILE},
+    # Compiled, and the last 10 decoder layers keep their activations, not recomputed (uncheckpointed_layers)
+    "qlora-compile-keep10": {"recipe": "recipes/phi-2/qlora.yaml", "args": [*COMPILE, "--uncheckpointed_layers", "10"]},
     # One GPU at the FSDP recipe's per-GPU settings: the baseline of the multi-GPU variants below
     "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
 }

@@ -108,15 +108,16 @@ def test_rouge_is_logged_at_each_evaluation(tiny_model_dir, data_dir, tmp_path, 
 
 
 def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, data_dir, tmp_path, in_repo):
-    """With checkpointing on every 2nd layer, layer 0 runs its LayerNorm twice per step (forward, then the recompute
-    in backward; the recompute stops early, before the layer's last modules) and layer 1 once. The losses and the
-    trained adapter equal full checkpointing's (the same math)."""
+    """With checkpointing on every 2nd layer, or on all but the last layer, layer 0 runs its LayerNorm twice per step
+    (forward, then the recompute in backward; the recompute stops early, before the layer's last modules) and layer 1
+    once. The losses and the trained adapter equal full checkpointing's (the same math)."""
     runs = {}
-    for every in (1, 2):
+    settings = ((1, []), (2, ["--checkpoint_every_n_layers", "2"]), ("last", ["--uncheckpointed_layers", "1"]))
+    for every, flags in settings:
         torch.manual_seed(0)
         data_args, _, training_args, model_args = recipe_args(
-            tiny_model_dir, data_dir, tmp_path / f"run{every}", "--gradient_checkpointing", "true",
-            "--checkpoint_every_n_layers", str(every), "--max_steps", "2")
+            tiny_model_dir, data_dir, tmp_path / f"run{every}", "--gradient_checkpointing", "true", *flags,
+            "--max_steps", "2")
         trainer = build_trainer(data_args, training_args, model_args)
         layers = trainer.model.base_model.model.model.layers
         calls = [0] * len(layers)
@@ -127,10 +128,11 @@ def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, 
         adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         runs[every] = calls, [layer.gradient_checkpointing for layer in layers], losses, adapter
     assert runs[1][:2] == ([4, 4], [True, True])  # 2 steps x (forward + recompute)
-    assert runs[2][:2] == ([4, 2], [True, False])
-    assert runs[1][2] == runs[2][2]
+    assert runs[2][:2] == runs["last"][:2] == ([4, 2], [True, False])
+    assert runs[1][2] == runs[2][2] == runs["last"][2]
     for name, weight in runs[1][3].items():
         torch.testing.assert_close(runs[2][3][name], weight)
+        torch.testing.assert_close(runs["last"][3][name], weight)
 
 
 def train_two_steps_and_evaluate(tiny_model_dir, data_dir, output_dir, *extra):

@@ -124,6 +124,12 @@ class TrainArguments(SFTConfig):
         metadata={"help": "With gradient_checkpointing: recompute only every n-th decoder layer (1 = all of them); "
                           "the others keep their activations, which is faster and takes more memory."},
     )
+    uncheckpointed_layers: int = field(
+        default=0,
+        metadata={"help": "With gradient_checkpointing: keep the activations of the last N decoder layers instead of "
+                          "recomputing them (faster; for Phi-2, ~2.2 GiB more peak per layer for a batch of 32 rows "
+                          "of 1,024 tokens)."},
+    )
     causal_only_training_attention: bool = field(
         default=False,
         metadata={"help": "Train without the padding mask: batches are padded on the right, so causal attention alone "
@@ -171,6 +177,13 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
     if not training_args.gradient_checkpointing and training_args.checkpoint_every_n_layers != 1:
         problems.append("`checkpoint_every_n_layers` only applies with `gradient_checkpointing: true`: turn that on, "
                         "or remove `checkpoint_every_n_layers`.")
+    if training_args.uncheckpointed_layers < 0:
+        problems.append(f"`uncheckpointed_layers` must be 0 or more, got {training_args.uncheckpointed_layers}.")
+    if not training_args.gradient_checkpointing and training_args.uncheckpointed_layers:
+        problems.append("`uncheckpointed_layers` only applies with `gradient_checkpointing: true`: turn that on, or "
+                        "remove `uncheckpointed_layers` (without checkpointing no layer is recomputed).")
+    if training_args.uncheckpointed_layers and training_args.checkpoint_every_n_layers != 1:
+        problems.append("Set either `uncheckpointed_layers` or `checkpoint_every_n_layers`, not both.")
     if training_args.global_batch_size is not None:
         if training_args.global_batch_size % training_args.per_device_train_batch_size:
             problems.append(f"`global_batch_size` ({training_args.global_batch_size}) must be a multiple of "

@@ -136,19 +136,26 @@ def layer_norm_in_input_dtype(model) -> int:
     return changed
 
 
-def checkpoint_every_n_layers(model, n: int) -> tuple[int, int]:
-    """Keep gradient checkpointing on every n-th decoder layer only (index % n == 0); returns (checkpointed, layers).
+def checkpoint_every_n_layers(model, n: int, uncheckpointed: int = 0) -> tuple[int, int]:
+    """Keep gradient checkpointing on every n-th decoder layer only (index % n == 0), and on none of the last
+    `uncheckpointed` layers; returns (checkpointed, layers).
 
     Checkpointing trades a recomputed forward for activation memory, all or nothing per model in transformers 5.17 (the
     device's version; `every_n_layers` arrived later): with a frozen 4-bit base the recompute is a third of the step's
     compute, so sparing half the layers from it buys speed with the memory an 80 GB card has spare. Call after the
-    Trainer has turned checkpointing on (it does so again at the start of `train`).
+    Trainer has turned checkpointing on (it does so again at the start of `train`). `uncheckpointed` sets the memory
+    spent more finely than `n`: every layer spared holds its activations (which layers does not change the peak, which
+    comes at the end of the forward, when all of them are held).
     """
     from transformers.modeling_layers import GradientCheckpointingLayer  # the decoder layers checkpointing wraps
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if uncheckpointed > len(layers):
+        raise ConfigError(f"`uncheckpointed_layers` ({uncheckpointed}) is more than the model's {len(layers)} decoder "
+                          f"layers: set it to at most {len(layers)} (or turn gradient_checkpointing off).")
     for index, layer in enumerate(layers):
-        layer.gradient_checkpointing = layer.gradient_checkpointing and index % n == 0
+        layer.gradient_checkpointing = (layer.gradient_checkpointing and index % n == 0
+                                        and index < len(layers) - uncheckpointed)
     return sum(layer.gradient_checkpointing for layer in layers), len(layers)
 
 

@@ -131,16 +131,16 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class CheckpointingSettings(TrainerCallback):
-    """`checkpoint_every_n_layers`, applied when training starts: the Trainer turns checkpointing on for every layer
-    at the start of `train()`, after anything done to the model before."""
+    """`checkpoint_every_n_layers` and `uncheckpointed_layers`, applied when training starts: the Trainer turns
+    checkpointing on for every layer at the start of `train()`, after anything done to the model before."""
 
-    def __init__(self, every_n_layers: int):
-        self.every_n_layers = every_n_layers
+    def __init__(self, every_n_layers: int, uncheckpointed: int = 0):
+        self.every_n_layers, self.uncheckpointed = every_n_layers, uncheckpointed
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        checkpointed, layers = checkpoint_every_n_layers(model, self.every_n_layers)
-        logger.info("Gradient checkpointing on %d of %d decoder layers (every %d-th).", checkpointed, layers,
-                    self.every_n_layers)
+        checkpointed, layers = checkpoint_every_n_layers(model, self.every_n_layers, self.uncheckpointed)
+        logger.info("Gradient checkpointing on %d of %d decoder layers (every %d-th, none of the last %d).",
+                    checkpointed, layers, self.every_n_layers, self.uncheckpointed)
 
 
 class RankInterleavedSampler(Sampler):
@@ -269,8 +269,10 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
         peft_config=get_peft_config(model_args),
         guard=NonFiniteGuard(),
     )
-    if training_args.gradient_checkpointing and training_args.checkpoint_every_n_layers > 1:
-        trainer.add_callback(CheckpointingSettings(training_args.checkpoint_every_n_layers))
+    if training_args.gradient_checkpointing and (training_args.checkpoint_every_n_layers > 1
+                                                 or training_args.uncheckpointed_layers):
+        trainer.add_callback(CheckpointingSettings(training_args.checkpoint_every_n_layers,
+                                                   training_args.uncheckpointed_layers))
     if not torch.cuda.is_available():
         keep_4bit_weights_trainable_on_cpu(trainer.model)
     # TRL casts QLoRA adapters to bf16. Keep them in fp32: fp16's grad scaler cannot unscale bf16 gradients, bf16
@@ -321,6 +323,14 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
     check_precision(training_args, model_args, training=True)
     check_process_group(training_args.world_size, "train alone on its own copy of the data", "train.py")
     check_model_source(model_args.model_name_or_path)
+    if training_args.uncheckpointed_layers:  # before data preparation writes anything
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        layers = getattr(config, "num_hidden_layers", None)
+        if layers is not None and training_args.uncheckpointed_layers > layers:
+            raise ConfigError(f"`uncheckpointed_layers` ({training_args.uncheckpointed_layers}) is more than the "
+                              f"model's {layers} decoder layers: set it to at most {layers}.")
     if (output_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
         raise ConfigError(f"{output_dir / ADAPTER_DIR} already holds a finished adapter: pass a new --output_dir, "
                           "or delete that folder to train again.")
