@@ -41,6 +41,7 @@ VARIANTS = {
     "stock-bf16": {"stock": "bf16"},
     "stock-fp16-large": {"stock": "fp16", "reference": True, "data": "large"},  # the reference on qlora-large's rows
     "qlora": {"recipe": "recipes/phi-2/qlora.yaml"},
+    "qlora-40gb": {"recipe": "recipes/phi-2/qlora-40gb.yaml"},  # = qlora-compile-keep10 as a recipe
     "qlora-t4": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB},
     "qlora-t4-long": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB, "data": "long"},
     "qlora-long": {"recipe": "recipes/phi-2/qlora.yaml", "data": "long"},
