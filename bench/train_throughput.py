@@ -404,6 +404,8 @@ def run_variant(name: str, opts) -> dict:
                      "gradient_checkpointing": a.gradient_checkpointing,
                      "gradient_checkpointing_kwargs": a.gradient_checkpointing_kwargs,
                      "checkpoint_every_n_layers": getattr(a, "checkpoint_every_n_layers", 1),
+                     "uncheckpointed_layers": getattr(a, "uncheckpointed_layers", 0),
+                     "compile_decoder_layers": getattr(a, "compile_decoder_layers", False),
                      "causal_only_training_attention": getattr(a, "causal_only_training_attention", False),
                      "lora_dropout": next(iter(trainer.model.peft_config.values())).lora_dropout
                      if hasattr(trainer.model, "peft_config") else None,

@@ -47,20 +47,44 @@ def test_interleaving_balances_ranks_and_trains_the_same_rows_per_step():
     assert balanced > 0.995 and balanced > plain, (plain, balanced)
 
 
+def test_more_ranks_accumulation_and_an_incomplete_last_step():
+    """4 ranks, 2 accumulation steps (the sampler groups by batch x accumulation, as the Trainer builds it), and a
+    dataset that ends in an incomplete step: every row once, each micro-step's rows unchanged, ranks balanced."""
+    lengths, batch, ranks, accumulation = xsum_like_lengths(1000, seed=3), 8, 4, 2
+
+    def grouped():
+        return LengthGroupedSampler(batch * accumulation, lengths=lengths, generator=torch.Generator().manual_seed(0))
+
+    order = list(RankInterleavedSampler(grouped(), batch, ranks))
+    assert sorted(order) == list(range(len(lengths)))
+    plain = list(grouped())
+    step = batch * ranks
+    for start in range(0, len(lengths), step):
+        assert sorted(order[start:start + step]) == sorted(plain[start:start + step])
+    assert order[(len(lengths) // step) * step:] == plain[(len(lengths) // step) * step:]  # the incomplete tail
+    complete = (len(lengths) // step) * step
+
+    def per_rank(sequence):
+        return [[sequence[k:k + batch] for k in range(r * batch, complete, step)] for r in range(ranks)]
+
+    assert balance(lengths, per_rank(order)) > balance(lengths, per_rank(plain))
+    assert balance(lengths, per_rank(order)) > 0.98
+
+
 def test_one_rank_keeps_the_order_and_the_generator_passes_through():
     lengths = xsum_like_lengths(300)
     inner = LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(1))
     wrapped = RankInterleavedSampler(inner, 8, 1)
     assert list(wrapped) == list(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(1)))
     generator = torch.Generator().manual_seed(7)
-    wrapped.generator = generator  # what accelerate does to keep the ranks' orders identical
+    wrapped.generator = generator  # what accelerate does outside its seedable-sampler mode
     assert inner.generator is generator and wrapped.generator is generator
-    two = RankInterleavedSampler(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(7)),
-                                 8, 3)
-    three = RankInterleavedSampler(LengthGroupedSampler(8, lengths=lengths), 8, 3)
-    three.generator = torch.Generator().manual_seed(7)
-    assert list(two) == list(three)
-    assert len(two) == len(lengths)
+    seeded = RankInterleavedSampler(
+        LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(7)), 8, 3)
+    given = RankInterleavedSampler(LengthGroupedSampler(8, lengths=lengths), 8, 3)
+    given.generator = torch.Generator().manual_seed(7)
+    assert list(seeded) == list(given)
+    assert len(seeded) == len(lengths)
 
 
 def test_trainer_interleaves_length_grouped_batches_only_with_several_processes(tiny_model_dir, data_dir, tmp_path,

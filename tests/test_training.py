@@ -135,6 +135,20 @@ def test_checkpoint_every_n_layers_recomputes_only_those_layers(tiny_model_dir, 
         torch.testing.assert_close(runs["last"][3][name], weight)
 
 
+def test_uncheckpointed_layers_are_the_last_ones():
+    """On 4 layers: the last 2 stop recomputing, the first 2 keep it; every 2nd layer would give another pattern."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    model = PhiForCausalLM(PhiConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                     num_attention_heads=2))
+    model.gradient_checkpointing_enable()
+    assert modeling.checkpoint_every_n_layers(model, 1, 2) == (2, 4)
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, True, False, False]
+    model.gradient_checkpointing_enable()
+    assert modeling.checkpoint_every_n_layers(model, 2) == (2, 4)
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, False, True, False]
+
+
 def train_two_steps_and_evaluate(tiny_model_dir, data_dir, output_dir, *extra):
     """(training losses, trained adapter, eval loss) of 2 seeded steps without LoRA dropout."""
     torch.manual_seed(0)

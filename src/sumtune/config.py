@@ -127,7 +127,7 @@ class TrainArguments(SFTConfig):
     uncheckpointed_layers: int = field(
         default=0,
         metadata={"help": "With gradient_checkpointing: keep the activations of the last N decoder layers instead of "
-                          "recomputing them (faster; for Phi-2, ~2.2 GiB more peak per layer for a batch of 32 rows "
+                          "recomputing them (faster; for Phi-2, ~2.1 GiB more peak per layer for a batch of 32 rows "
                           "of 1,024 tokens)."},
     )
     causal_only_training_attention: bool = field(

@@ -161,8 +161,9 @@ class RankInterleavedSampler(Sampler):
     def __len__(self) -> int:
         return len(self.sampler)
 
-    # accelerate synchronizes a sampler's `generator` across ranks (and seeds it when None), so all ranks draw the
-    # same order: pass it through to the wrapped sampler.
+    # Under the Trainer (accelerate's seedable-sampler mode) the ranks draw the same order because each seeds its global
+    # RNG alike, as for the unwrapped sampler. Without that mode accelerate seeds and shares a sampler's `generator`:
+    # pass it through so the wrapped sampler gets it.
     @property
     def generator(self):
         return self.sampler.generator
