@@ -55,7 +55,11 @@ def parse_args():
                    help="Also compare greedy tokens in float32 on N rows: stock batch 1 vs the project path. "
                         "Separates an algorithmic difference (would persist) from bf16 rounding near-ties.")
     p.add_argument("--profile", help="Also profile the project path on --profile-rows rows; table to this file.")
-    p.add_argument("--profile-rows", type=int, default=256)
+    p.add_argument("--profile-rows", type=int, default=256, help="The longest N rows; 0: all rows.")
+    p.add_argument("--tie-gap", type=float, default=0.05,
+                   help="A row that differs from the reference counts as a near-tie when, at its first differing "
+                        "token, it chose the reference's runner-up and the reference's top-1 logit led by at most "
+                        "this much (vLLM's tests accept a differing greedy token that is in the other's top list).")
     p.add_argument("--rerun", action="store_true",
                    help="Run the first budget's project variant twice: does the same run give the same tokens?")
     p.add_argument("--deterministic", action="store_true",
@@ -114,8 +118,10 @@ def build_nf4_lora(model, device: str, folder: Path):
 
 
 @torch.inference_mode()
-def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int) -> dict[int, list[int]]:
-    """What a user writes without the project: left-padded batches in dataset order."""
+def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int,
+                   margins: dict | None = None) -> dict[int, list[int]]:
+    """What a user writes without the project: left-padded batches in dataset order. `margins`: filled with each
+    row's runner-up token and top-1 minus runner-up logit at every step (from generate's raw logits)."""
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     out = {}
@@ -123,9 +129,16 @@ def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int) 
         texts = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
         inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
         generated = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id)
-        for offset, ids in enumerate(generated[:, inputs["input_ids"].shape[1]:].tolist()):
+                                   pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+                                   output_logits=margins is not None)
+        for offset, ids in enumerate(generated.sequences[:, inputs["input_ids"].shape[1]:].tolist()):
             out[start + offset] = ids
+        if margins is not None:
+            top = torch.stack(generated.logits, dim=1).float().topk(2, dim=-1)  # (rows, steps, 2)
+            for offset in range(top.values.shape[0]):
+                margins[start + offset] = list(zip(top.indices[offset, :, 1].tolist(),
+                                                   (top.values[offset, :, 0] - top.values[offset, :, 1]).tolist(),
+                                                   strict=True))
     return out
 
 
@@ -182,6 +195,7 @@ def main():
     }
     print(json.dumps(common, indent=1), flush=True)
     reference: dict[str, dict[int, list[int]]] = {}
+    margins: dict[str, dict[int, list[tuple[int, float]]]] = {}  # per reference: (runner-up, top-1 lead) per step
 
     def record(variant: str, stock: bool, outputs: dict[int, list[int]], seconds: float, memory: dict,
                ref: str, **extra):
@@ -192,27 +206,48 @@ def main():
         matched = [a == b for a, b in pairs]
         # where rows differ: how many leading tokens still agree (a late near-tie flip vs a real bug)
         prefix = [next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a)) for a, b in pairs]
+        # at the first differing token: did this variant pick the reference's runner-up, by how much did it trail?
+        lead = margins.get(ref, {})
+        diverged = [(i, k) for (i, _), k in zip(((i, ids) for i, ids in reference.get(ref, {}).items() if i in outputs),
+                                                prefix, strict=True) if k < args.new_tokens and i in lead]
+        gaps = [round(lead[i][k][1], 4) for i, k in diverged]
+        near_tie = [outputs[i][k] == lead[i][k][0] and lead[i][k][1] <= args.tie_gap for i, k in diverged]
+        all_leads = sorted(gap for i in lead for _, gap in lead[i])
+        ties = {}
+        if lead and matched:
+            ties = {"match_or_near_tie_rate": round((sum(matched) + sum(near_tie)) / len(matched), 4),
+                    "tie_gap": args.tie_gap, "first_difference_leads": gaps,
+                    "first_difference_is_runner_up": sum(outputs[i][k] == lead[i][k][0] for i, k in diverged),
+                    "reference_lead_median": round(all_leads[len(all_leads) // 2], 4),
+                    "reference_leads_at_most_tie_gap": round(sum(g <= args.tie_gap for g in all_leads)
+                                                             / len(all_leads), 4)}
         entry = {"variant": variant, "stock": stock, **common, "rows": rows, "seconds": round(seconds, 2),
                  "summaries_per_s": round(rows / seconds, 2),
                  "projected_min_11334": round(TEST_ROWS / (rows / seconds) / 60, 2),
                  "match_rate": round(sum(matched) / len(matched), 4) if matched else None,
                  "match_rows": len(matched), "match_reference": ref,
-                 "mean_matching_prefix": round(sum(prefix) / len(prefix), 2) if prefix else None, **memory, **extra}
+                 "mean_matching_prefix": round(sum(prefix) / len(prefix), 2) if prefix else None, **ties, **memory,
+                 **extra}
         with open(args.output, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
         print(f"{variant:<34} {entry['summaries_per_s']:>8.2f}/s {entry['projected_min_11334']:>8.1f} min "
-              f"match={entry['match_rate']} ({len(matched)}) peak={memory.get('peak_gib')} GiB", flush=True)
+              f"match={entry['match_rate']} ({len(matched)}) near-tie-or-match={ties.get('match_or_near_tie_rate')} "
+              f"peak={memory.get('peak_gib')} GiB", flush=True)
 
     def project(model, budget, rows=prompts, batch_size=args.batch_size, **kwargs):
         return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
                                    min_new_tokens=args.new_tokens, cudnn_attention=args.cudnn_attention, **kwargs))
 
+    from sumtune.generation import flash_decode_available
+
     loop = "own greedy loop, KV cache preallocated per batch"
+    flash = {"flash_decode": flash_decode_available(model)}
 
     stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
     if "stock_b1" not in skip:
+        margins["bf16_b1"] = {}
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
-                                                           args.new_tokens))
+                                                           args.new_tokens, margins["bf16_b1"]))
         reference["bf16_b1"] = out
         record("stock_bf16_b1", True, out, s, mem, "bf16_b1", decode="generate()",
                batching="batch 1, dataset order")
@@ -233,9 +268,10 @@ def main():
     ref = "bf16_b1"
     if "stock_b1" not in skip:
         # The match reference for the project variants below: stock generate() on the same model, one row at a time.
-        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
-                                                           args.new_tokens))
         ref = "bf16_b1_fused_act"
+        margins[ref] = {}
+        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
+                                                           args.new_tokens, margins[ref]))
         reference[ref] = out
         record("stock_bf16_b1_fused_act", True, out, s, mem, ref, decode="generate()",
                batching="batch 1, dataset order", activation=activation)
@@ -247,15 +283,22 @@ def main():
         out, s, mem = timed(device, lambda b=budget: project(model, b))
         record(f"project_bf16_tokens{budget}", False, out, s, mem, ref, decode=loop,
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation,
-               deterministic=args.deterministic)
+               deterministic=args.deterministic, **flash)
         reference[f"project_{budget}"] = out
+    if budgets and "sdpa_decode" not in skip:
+        # The same loop with its decoding steps on SDPA + a padding mask (the loop before flash decoding)
+        out, s, mem = timed(device, lambda: project(model, budgets[0], flash_decode=False))
+        record(f"project_bf16_tokens{budgets[0]}_sdpa_decode", False, out, s, mem, ref, decode=loop,
+               batching=f"sorted, max_batch_tokens={budgets[0]}, batch_size<={args.batch_size}",
+               activation=activation, flash_decode=False, same_tokens_as_flash=round(
+                   sum(out[i] == reference[f"project_{budgets[0]}"][i] for i in out) / len(out), 4))
     if args.rerun and budgets:
         out, s, mem = timed(device, lambda: project(model, budgets[0]))
         record(f"project_bf16_tokens{budgets[0]}_rerun", False, out, s, mem, f"project_{budgets[0]}", decode=loop,
-               batching="the same as the first run", activation=activation, deterministic=args.deterministic)
+               batching="the same as the first run", activation=activation, deterministic=args.deterministic, **flash)
     if args.profile:
         # Where the time goes (prefill vs decode kernels, attention, copies): one pass over the longest rows.
-        longest = sorted(range(len(prompts)), key=lambda i: -prompt_tokens[i])[: args.profile_rows]
+        longest = sorted(range(len(prompts)), key=lambda i: -prompt_tokens[i])[: args.profile_rows or None]
         subset = [prompts[i] for i in longest]
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda"
                                                               else [])
@@ -263,7 +306,7 @@ def main():
             _, s, _ = timed(device, lambda: project(model, budgets[0], subset))
         events = prof.key_averages()
         Path(args.profile).write_text(f"{len(subset)} longest rows, max_batch_tokens={budgets[0]}, {s:.2f} s wall "
-                                      "(under the profiler)\n\n" + events.table(
+                                      f"(under the profiler), {flash}\n\n" + events.table(
                                           sort_by="self_cuda_time_total" if device == "cuda" else "self_cpu_time_total",
                                           row_limit=30, max_name_column_width=70))
     if args.static:
@@ -289,7 +332,9 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = False
         model = build_model(args, device, torch.float32)
         rows = prompts[: args.fp32_match_rows]
-        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 1, args.new_tokens))
+        margins["fp32_b1"] = {}
+        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 1, args.new_tokens,
+                                                           margins["fp32_b1"]))
         reference["fp32_b1"] = out
         record("stock_fp32_b1", True, out, s, mem, "fp32_b1", decode="generate()", batching="batch 1, dataset order")
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 64, args.new_tokens))
@@ -308,15 +353,16 @@ def main():
         model.eval()
         stock_generate(model, tokenizer, prompts[:4], 4, 2)
         if args.nf4_batch1_rows:
+            margins["nf4_b1"] = {}
             out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.nf4_batch1_rows], 1,
-                                                               args.new_tokens))
+                                                               args.new_tokens, margins["nf4_b1"]))
             reference["nf4_b1"] = out
             record("stock_nf4_lora_b1", True, out, s, mem, "nf4_b1", decode="generate()",
                    batching="batch 1, dataset order")
         budget = budgets[-1]
         out, s, mem = timed(device, lambda: project(model, budget))
         record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
-               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **flash)
         if "nf4_dequantized" not in skip:  # evaluate.py --dequantize_4bit_base true: the same weights, dequantized once
             from sumtune.modeling import dequantize_4bit_linears
 
@@ -324,7 +370,14 @@ def main():
             for budget in budgets:
                 out, s, mem = timed(device, lambda budget=budget: project(model, budget))
                 record(f"project_nf4_lora_dequantized_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
-                       batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}")
+                       batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **flash)
+            if "nf4_merged" not in skip:  # and the adapter merged into those weights in memory (merge_and_unload)
+                model = model.merge_and_unload()
+                budget = budgets[0]
+                out, s, mem = timed(device, lambda: project(model, budget))
+                record(f"project_nf4_lora_dequantized_merged_tokens{budget}", False, out, s, mem, "nf4_b1",
+                       decode=loop, batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}",
+                       **flash)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,11 @@ CASES = [
      "incomplete prepared dataset"),
     ("predictions-missing-field", lambda t, m: evaluate(t, "--predictions_file", write_jsonl(
         t / "p.jsonl", [{"id": "1", "prediction": "x"}])), "no string field reference"),
+    ("merge-adapter-without-adapter", lambda t, m: evaluate(t, "--dataset_name", data_folder(t), "--merge_adapter",
+                                                            "true"), "needs --adapter_path"),
+    ("merge-adapter-into-4bit", lambda t, m: evaluate(t, "--dataset_name", data_folder(t), "--merge_adapter", "true",
+                                                      "--adapter_path", adapter(t, str(m)), "--load_in_4bit", "true"),
+     "--dequantize_4bit_base true"),
     ("adapter-without-files", lambda t, m: merge(t, "--adapter_path", adapter(t, str(m), files=False)),
      "no adapter_config.json"),
     ("adapter-for-another-base", lambda t, m: merge(t, "--adapter_path", adapter(t, "microsoft/phi-2")),

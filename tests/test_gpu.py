@@ -123,3 +123,28 @@ def test_merge_parity_on_gpu(assets, tmp_path):
     error = (merged - unmerged).norm()
     assert error / unmerged.norm() < 1e-3
     assert (unmerged - base_logits).norm() > 10 * error, "the adapter changed too little for parity to mean anything"
+
+
+def test_flash_decode_attention_equals_masked_attention():
+    """One decoding step through flash attention's varlen kernel (row r reads cache slots 0..position[r], the rest of
+    its slots a query-less sequence) equals SDPA over the whole buffer with a padding mask, computed in fp32."""
+    from sumtune.generation import _varlen_attn, decode_attention_forward, flash_decode_offsets
+
+    if _varlen_attn() is None:
+        pytest.skip("this PyTorch has no torch.nn.attention.varlen")
+    torch.manual_seed(0)
+    rows, heads, slots, dim = 6, 32, 300, 80  # Phi-2's heads and head size
+    position = torch.tensor([299, 10, 150, 0, 42, 298], device="cuda")
+    keys, values = (torch.randn(rows, slots, heads, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    query = torch.randn(rows, heads, 1, dim, device="cuda", dtype=torch.bfloat16)
+    cu_seq_q, cu_seq_k = flash_decode_offsets(position, slots)
+    out, _ = decode_attention_forward(None, query, keys.transpose(1, 2), values.transpose(1, 2), None,
+                                      scaling=dim**-0.5, cu_seq_q=cu_seq_q, cu_seq_k=cu_seq_k)
+    mask = (torch.arange(slots, device="cuda") <= position[:, None])[:, None, None, :]
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query.float(), keys.transpose(1, 2).float(), values.transpose(1, 2).float(), attn_mask=mask)
+    assert out.shape == (rows, 1, heads, dim)
+    torch.testing.assert_close(out.float(), expected.transpose(1, 2), rtol=0, atol=2e-2)
+    wrong = torch.nn.functional.scaled_dot_product_attention(query.float(), keys.transpose(1, 2).float(),
+                                                             values.transpose(1, 2).float())
+    assert (wrong.transpose(1, 2) - out.float()).abs().max() > 0.1  # reading unwritten slots would show

@@ -44,7 +44,7 @@ from .manifest import (
     write_manifest,
 )
 from .metrics import ROUGE_TYPES, compute_rouge
-from .modeling import dequantize_4bit_linears, load_model, load_tokenizer
+from .modeling import dequantize_4bit_linears, load_model, load_tokenizer, merge_adapter_weights
 from .predictions import (
     PARTIAL_PREFIX,
     deal_batches,
@@ -222,6 +222,7 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
 
 def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: PartialState):
     """Each process loads the whole model onto its own GPU (data parallel); on a CPU, where it is now."""
+    check_merge_options(eval_args, model_args)
     model = load_model(model_args, device=str(state.device) if state.device.type == "cuda" else None)
     if eval_args.adapter_path:
         from peft import PeftModel
@@ -229,7 +230,19 @@ def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: Pa
         model = PeftModel.from_pretrained(model, eval_args.adapter_path)
     if eval_args.dequantize_4bit_base and model_args.load_in_4bit:
         logger.info("Dequantized %d 4-bit layers for generation", dequantize_4bit_linears(model))
+    if eval_args.merge_adapter:
+        model = merge_adapter_weights(model)
+        logger.info("Merged the adapter into the base weights in memory for generation")
     return model
+
+
+def check_merge_options(eval_args: EvalArguments, model_args: ModelConfig) -> None:
+    if eval_args.merge_adapter and not eval_args.adapter_path:
+        raise ConfigError("--merge_adapter true needs --adapter_path (the adapter to merge); without an adapter drop "
+                          "--merge_adapter.")
+    if eval_args.merge_adapter and model_args.load_in_4bit and not eval_args.dequantize_4bit_base:
+        raise ConfigError("--merge_adapter true with a 4-bit base (--load_in_4bit true) needs --dequantize_4bit_base "
+                          "true: merging into 4-bit weights would requantize them.")
 
 
 def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, rows: list[int],
@@ -270,6 +283,7 @@ def check_inputs(data_args: DataArguments, eval_args: EvalArguments, training_ar
     if eval_args.baseline == "lead":
         return "lead"
     check_precision(training_args, model_args, training=False)
+    check_merge_options(eval_args, model_args)
     check_model_source(model_args.model_name_or_path)
     if eval_args.adapter_path:
         check_adapter(eval_args.adapter_path, model_args.model_name_or_path)
@@ -317,7 +331,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
                          "adapter_fingerprint": eval_args.adapter_path and model_fingerprint(eval_args.adapter_path),
                          "dtype": model_args.dtype, "load_in_4bit": model_args.load_in_4bit,
                          "max_length": training_args.max_length, "prompt_hash": prompt_hash,
-                         "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams}
+                         "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams,
+                         "merge_adapter": eval_args.merge_adapter}  # rounds base + update once: not bit-identical
         check_output_dir(output_dir, settings, eval_args.overwrite_output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         if mode == "model":

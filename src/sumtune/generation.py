@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .prompts import render_prompt
 
@@ -41,9 +43,79 @@ def token_budget_batches(lengths: list[int], max_new_tokens: int, batch_size: in
         start += rows
 
 
+def _varlen_attn():
+    """PyTorch's flash-attention entry point for variable-length batches (`torch.nn.attention.varlen`, PyTorch >= 2.9,
+    CUDA only), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def flash_decode_available(model) -> bool:
+    """Whether `greedy_batch` can decode with flash attention: a CUDA model in half precision running SDPA."""
+    parameter = next(model.parameters())
+    return (_varlen_attn() is not None and parameter.is_cuda and parameter.dtype in (torch.float16, torch.bfloat16)
+            and model.config._attn_implementation == "sdpa")
+
+
+def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                             cu_seq_q=None, cu_seq_k=None, **kwargs):
+    """SDPA, except for greedy_batch's one-token decoding steps, which run flash attention over the cache.
+
+    SDPA has no kernel for a padded cache without a mask, and with one it takes the memory-efficient kernel, slow for a
+    single query (cuDNN's is fast but not reproducible, see REPRODUCIBLE_ATTENTION). PyTorch's `varlen_attn` (flash
+    attention with per-sequence offsets) reads each row's keys only: the cache buffer, viewed as (rows x slots, heads,
+    dim), is described as 2 x rows sequences, each row's written slots (one query) followed by its unwritten ones (no
+    query). Registered with transformers' AttentionInterface below; greedy_batch selects it for its own forwards.
+    """
+    if cu_seq_k is None or query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rows, heads, _, dim = query.shape
+    slots = key.shape[2]
+    # key/value are SlotCache's (rows, slots, heads, dim) buffers seen as (rows, heads, slots, dim): undo the view
+    if scaling is not None and scaling != dim**-0.5:
+        raise ValueError(f"flash decoding assumes the default attention scale 1/sqrt({dim}), got {scaling}")
+    # (the default scale: the keyword for another one is not in every PyTorch version that has varlen_attn)
+    out = _varlen_attn()(query.reshape(rows, heads, dim), key.transpose(1, 2).reshape(rows * slots, heads, dim),
+                         value.transpose(1, 2).reshape(rows * slots, heads, dim), cu_seq_q, cu_seq_k, 1, slots)
+    return out[:, None], None  # (rows, 1 query, heads, dim), as transformers' attention functions return
+
+
+def flash_decode_offsets(position: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cu_seq_q, cu_seq_k) for decode_attention_forward: row r (one query) attends to its cache slots
+    0..position[r]; its slots after that form a sequence without queries, so the offsets tile the whole buffer of
+    rows x `slots` keys (0, p0+1, L, L+p1+1, 2L, ...)."""
+    rows = position.shape[0]
+    starts = torch.arange(rows + 1, device=position.device, dtype=torch.int32) * slots
+    ends = starts[:-1] + position.to(torch.int32) + 1
+    cu_seq_k = torch.cat([torch.stack([starts[:-1], ends], dim=1).flatten(), starts[-1:]])
+    cu_seq_q = torch.arange(rows + 1, device=position.device, dtype=torch.int32).repeat_interleave(2)[1:]
+    return cu_seq_q, cu_seq_k
+
+
+FLASH_DECODE = "sumtune_flash_decode"
+AttentionInterface.register(FLASH_DECODE, decode_attention_forward)
+
+
+@contextlib.contextmanager
+def attention_implementation(model, name: str):
+    """Run `model` (all its modules share one config) with another registered attention function, then restore."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+
+
 class SlotCache:
-    """Fixed-size KV cache written in place at `slots` (a device tensor the caller moves, so no step syncs the host).
-    Attention reads the whole buffer; the caller's 4D mask hides unwritten slots.
+    """Fixed-size KV cache, (rows, slots, heads, dim) per layer, written in place: each row's next token goes to the
+    slot equal to its position (its real tokens so far), so a row's keys are always slots 0..position. `slots` is a
+    device tensor the caller moves, so no step syncs the host. Attention gets the buffers viewed as (rows, heads,
+    slots, dim), as transformers passes keys; a 4D mask or flash attention's per-row offsets hide unwritten slots.
 
     Duck-typed, not a `transformers.Cache`: the model only calls `update`, and the mask helpers then skip the
     per-layer bookkeeping whose attributes change between transformers versions."""
@@ -55,29 +127,34 @@ class SlotCache:
         for layer in prefill.layers:
             for source, target in ((layer.keys, self.keys), (layer.values, self.values)):
                 rows, heads, prompt_len, dim = source.shape
-                buffer = source.new_zeros(rows, heads, length, dim)
-                buffer[:, :, :prompt_len] = source
+                buffer = source.new_empty(rows, length, heads, dim)
+                buffer[:, :prompt_len] = source.transpose(1, 2)
+                buffer[:, prompt_len:] = 0
                 target.append(buffer)
             layer.keys = layer.values = None
-        self.slots = torch.zeros(1, dtype=torch.long, device=self.keys[0].device)
+        rows = self.keys[0].shape[0]
+        self.rows = torch.arange(rows, device=self.keys[0].device)
+        self.slots = torch.zeros(rows, dtype=torch.long, device=self.keys[0].device)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        self.keys[layer_idx].index_copy_(2, self.slots, key_states)
-        self.values[layer_idx].index_copy_(2, self.slots, value_states)
-        return self.keys[layer_idx], self.values[layer_idx]
+        # key_states: (rows, heads, 1, dim), the token fed in; it lands at (row, slots[row])
+        self.keys[layer_idx].index_put_((self.rows, self.slots), key_states[:, :, 0])
+        self.values[layer_idx].index_put_((self.rows, self.slots), value_states[:, :, 0])
+        return self.keys[layer_idx].transpose(1, 2), self.values[layer_idx].transpose(1, 2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0  # positions come from position_ids and the 4D mask, never from here
+        return 0  # positions come from position_ids, never from here
 
 
 @torch.inference_mode()
 def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: int,
-                 min_new_tokens: int = 0) -> torch.Tensor:
+                 min_new_tokens: int = 0, flash_decode: bool = True) -> torch.Tensor:
     """Greedy continuation of a right-padded batch (`lengths`: real tokens per row): (rows, max_new_tokens) token
     ids, `pad` after each row's EOS.
 
     Same decisions as `generate(do_sample=False)` on each row alone: EOS is banned for the first `min_new_tokens`
-    steps, and the loop ends when every row has emitted EOS.
+    steps, and the loop ends when every row has emitted EOS. `flash_decode`: decoding steps use flash attention where
+    `flash_decode_available` (see decode_attention_forward), else SDPA with a padding mask.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
     rows, prompt_len = input_ids.shape
@@ -86,22 +163,22 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     # Prefill without a padding mask. With right padding every real token has only its own row's earlier real
     # tokens before it, so the causal mask alone is exact, positions are plain 0..n-1, and SDPA may run flash
     # attention (any padding mask forces its slower memory-efficient kernel). Pads compute values nothing reads:
-    # their cache slots stay masked while decoding, and each row's first token comes from its last real position.
+    # their cache slots are overwritten by the row's new tokens before any step reads them, and each row's first
+    # token comes from its last real position.
     prefill = causal_lm.model(input_ids=input_ids, use_cache=True)
     last = prefill.last_hidden_state[torch.arange(rows, device=device), lengths - 1]
     logits = causal_lm.lm_head(last).float()
     cache = SlotCache(prefill.past_key_values, length)
     del prefill
-    # Cache slots each row may attend to: its real prompt tokens, then the new tokens at slots prompt_len, ...
-    valid = torch.zeros(rows, length, dtype=torch.bool, device=device)
-    valid[:, :prompt_len] = torch.arange(prompt_len, device=device) < lengths[:, None]
 
     out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     token = torch.zeros(rows, 1, dtype=torch.long, device=device)
     step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being chosen
-    position = lengths[:, None].clone()  # a row's next position counts its real tokens only
-    cache.slots = step + prompt_len - 1  # slot of the token fed in, one behind the one being chosen
+    position = lengths[:, None].clone() - 1  # position (= cache slot) of the token fed in; moved before each step
+    cache.slots = position[:, 0]
+    flash = flash_decode and flash_decode_available(causal_lm)
+    slot_index = torch.arange(length, device=device)
 
     def choose(logits):
         logits[:, eos] = torch.where(step[0] < min_new_tokens, float("-inf"), logits[:, eos])
@@ -112,18 +189,23 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
 
     def decode():
         step.add_(1)
-        cache.slots.add_(1)
-        valid.index_fill_(1, cache.slots, True)
-        hidden = causal_lm.model(input_ids=token, attention_mask=valid[:, None, None, :], position_ids=position,
-                                 past_key_values=cache, use_cache=True).last_hidden_state
         position.add_(1)
+        if flash:
+            extra = dict(zip(("cu_seq_q", "cu_seq_k"), flash_decode_offsets(position[:, 0], length), strict=True))
+            mask = None
+        else:
+            extra = {}
+            mask = (slot_index <= position)[:, None, None, :]  # each row's slots 0..position
+        hidden = causal_lm.model(input_ids=token, attention_mask=mask, position_ids=position,
+                                 past_key_values=cache, use_cache=True, **extra).last_hidden_state
         choose(causal_lm.lm_head(hidden[:, -1]).float())
 
     choose(logits)
-    for _ in range(1, max_new_tokens):
-        if bool(done.all()):
-            break
-        decode()
+    with attention_implementation(causal_lm, FLASH_DECODE) if flash else contextlib.nullcontext():
+        for _ in range(1, max_new_tokens):
+            if bool(done.all()):
+                break
+            decode()
     return out
 
 
@@ -148,7 +230,8 @@ def batch_cost(lengths: list[int], batch: list[int], max_new_tokens: int) -> int
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
                    batches: list[list[int]] | None = None, encoded: list[list[int]] | None = None,
-                   cudnn_attention: bool = False, **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
+                   cudnn_attention: bool = False, flash_decode: bool = True,
+                   **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
     `batches` (lists of indices into prompts) replaces the batching of `plan_batches`: data-parallel evaluation
@@ -157,6 +240,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`). `cudnn_attention`: let SDPA use cuDNN (faster, not reproducible; see
     REPRODUCIBLE_ATTENTION). The switch is set only while a batch computes, never while the caller holds a row.
+    `flash_decode`: see greedy_batch.
     """
     if encoded is None:
         encoded = encode_prompts(tokenizer, prompts)
@@ -174,7 +258,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         with contextlib.nullcontext() if cudnn_attention else sdpa_kernel(REPRODUCIBLE_ATTENTION):
             if greedy:
                 new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"].sum(-1), max_new_tokens, eos,
-                                   pad, min_new_tokens)
+                                   pad, min_new_tokens, flash_decode)
             else:
                 new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                      num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
