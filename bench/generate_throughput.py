@@ -55,7 +55,8 @@ def parse_args():
                    help="Also compare greedy tokens in float32 on N rows: stock batch 1 vs the project path. "
                         "Separates an algorithmic difference (would persist) from bf16 rounding near-ties.")
     p.add_argument("--profile", help="Also profile the project path on --profile-rows rows; table to this file.")
-    p.add_argument("--profile-rows", type=int, default=256, help="The longest N rows; 0: all rows.")
+    p.add_argument("--profile-rows", type=int, default=256,
+                   help="The first N rows (dataset order: the sample's length mix); 0: all rows.")
     p.add_argument("--tie-gap", type=float, default=0.05,
                    help="A row that differs from the reference counts as a near-tie when, at its first differing "
                         "token, it chose the reference's runner-up and the reference's top-1 logit led by at most "
@@ -297,15 +298,14 @@ def main():
         record(f"project_bf16_tokens{budgets[0]}_rerun", False, out, s, mem, f"project_{budgets[0]}", decode=loop,
                batching="the same as the first run", activation=activation, deterministic=args.deterministic, **flash)
     if args.profile:
-        # Where the time goes (prefill vs decode kernels, attention, copies): one pass over the longest rows.
-        longest = sorted(range(len(prompts)), key=lambda i: -prompt_tokens[i])[: args.profile_rows or None]
-        subset = [prompts[i] for i in longest]
+        # Where the time goes (prefill vs decode kernels, attention, copies): one pass over the first rows.
+        subset = prompts[: args.profile_rows or None]
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda"
                                                               else [])
         with torch.profiler.profile(activities=activities) as prof:
             _, s, _ = timed(device, lambda: project(model, budgets[0], subset))
         events = prof.key_averages()
-        Path(args.profile).write_text(f"{len(subset)} longest rows, max_batch_tokens={budgets[0]}, {s:.2f} s wall "
+        Path(args.profile).write_text(f"the first {len(subset)} rows, max_batch_tokens={budgets[0]}, {s:.2f} s wall "
                                       f"(under the profiler), {flash}\n\n" + events.table(
                                           sort_by="self_cuda_time_total" if device == "cuda" else "self_cpu_time_total",
                                           row_limit=30, max_name_column_width=70))
