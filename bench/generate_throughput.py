@@ -371,8 +371,10 @@ def main():
                 out, s, mem = timed(device, lambda budget=budget: project(model, budget))
                 record(f"project_nf4_lora_dequantized_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
                        batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **flash)
-            if "nf4_merged" not in skip:  # and the adapter merged into those weights in memory (merge_and_unload)
-                model = model.merge_and_unload()
+            if "nf4_merged" not in skip:  # and the adapter added to those weights in memory (--merge_adapter true)
+                from sumtune.modeling import merge_adapter_weights
+
+                model = merge_adapter_weights(model)
                 budget = budgets[0]
                 out, s, mem = timed(device, lambda: project(model, budget))
                 record(f"project_nf4_lora_dequantized_merged_tokens{budget}", False, out, s, mem, "nf4_b1",
