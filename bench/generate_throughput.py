@@ -25,7 +25,7 @@ import torch
 from transformers import PhiConfig, PhiForCausalLM
 
 from sumtune.data import fit_to_budget
-from sumtune.generation import iter_token_ids
+from sumtune.generation import DECODE_ATTENTION, iter_token_ids
 from sumtune.modeling import FUSED_ACTIVATIONS, load_tokenizer
 from sumtune.prompts import read_text, render_prompt
 
@@ -59,8 +59,8 @@ def parse_args():
                    help="The first N rows (dataset order: the sample's length mix); 0: all rows.")
     p.add_argument("--tie-gap", type=float, default=0.05,
                    help="A row that differs from the reference counts as a near-tie when, at its first differing "
-                        "token, it chose the reference's runner-up and the reference's top-1 logit led by at most "
-                        "this much (vLLM's tests accept a differing greedy token that is in the other's top list).")
+                        "token, the reference's logit for this variant's token trails its top-1 by at most this much "
+                        "(vLLM's tests accept a differing greedy token that is in the other's top list).")
     p.add_argument("--rerun", action="store_true",
                    help="Run the first budget's project variant twice: does the same run give the same tokens?")
     p.add_argument("--deterministic", action="store_true",
@@ -70,6 +70,10 @@ def parse_args():
     p.add_argument("--cudnn-attention", action="store_true",
                    help="Project path: let SDPA use cuDNN attention (evaluate.py's --cudnn_attention; off by default "
                         "there and here: not reproducible between runs).")
+    p.add_argument("--decode-attention", default="matmul", choices=DECODE_ATTENTION,
+                   help="The project path's decoding attention (sumtune.generation.greedy_batch).")
+    p.add_argument("--other-decode-attention", default="flash,sdpa",
+                   help="Also time the first budget with these decoding attentions (comma-separated; '' for none).")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
     return p.parse_args()
 
@@ -122,7 +126,7 @@ def build_nf4_lora(model, device: str, folder: Path):
 def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int,
                    margins: dict | None = None) -> dict[int, list[int]]:
     """What a user writes without the project: left-padded batches in dataset order. `margins`: filled with each
-    row's runner-up token and top-1 minus runner-up logit at every step (from generate's raw logits)."""
+    row's 8 best tokens and their logits at every step (from generate's raw logits)."""
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     out = {}
@@ -135,11 +139,10 @@ def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int,
         for offset, ids in enumerate(generated.sequences[:, inputs["input_ids"].shape[1]:].tolist()):
             out[start + offset] = ids
         if margins is not None:
-            top = torch.stack(generated.logits, dim=1).float().topk(2, dim=-1)  # (rows, steps, 2)
+            top = torch.stack(generated.logits, dim=1).float().topk(8, dim=-1)  # (rows, steps, 8)
             for offset in range(top.values.shape[0]):
-                margins[start + offset] = list(zip(top.indices[offset, :, 1].tolist(),
-                                                   (top.values[offset, :, 0] - top.values[offset, :, 1]).tolist(),
-                                                   strict=True))
+                margins[start + offset] = [dict(zip(ids, values, strict=True)) for ids, values in
+                                           zip(top.indices[offset].tolist(), top.values[offset].tolist(), strict=True)]
     return out
 
 
@@ -196,7 +199,7 @@ def main():
     }
     print(json.dumps(common, indent=1), flush=True)
     reference: dict[str, dict[int, list[int]]] = {}
-    margins: dict[str, dict[int, list[tuple[int, float]]]] = {}  # per reference: (runner-up, top-1 lead) per step
+    margins: dict[str, dict[int, list[dict[int, float]]]] = {}  # per reference and row: {token: logit}, top 8 a step
 
     def record(variant: str, stock: bool, outputs: dict[int, list[int]], seconds: float, memory: dict,
                ref: str, **extra):
@@ -207,21 +210,22 @@ def main():
         matched = [a == b for a, b in pairs]
         # where rows differ: how many leading tokens still agree (a late near-tie flip vs a real bug)
         prefix = [next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a)) for a, b in pairs]
-        # at the first differing token: did this variant pick the reference's runner-up, by how much did it trail?
-        lead = margins.get(ref, {})
+        # At the first differing token: how far did the reference's logit for this variant's token trail its top-1?
+        # (None: not among the reference's 8 best.)
+        top = margins.get(ref, {})
         diverged = [(i, k) for (i, _), k in zip(((i, ids) for i, ids in reference.get(ref, {}).items() if i in outputs),
-                                                prefix, strict=True) if k < args.new_tokens and i in lead]
-        gaps = [round(lead[i][k][1], 4) for i, k in diverged]
-        near_tie = [outputs[i][k] == lead[i][k][0] and lead[i][k][1] <= args.tie_gap for i, k in diverged]
-        all_leads = sorted(gap for i in lead for _, gap in lead[i])
+                                                prefix, strict=True) if k < args.new_tokens and i in top]
+        trails = [None if outputs[i][k] not in top[i][k] else round(max(top[i][k].values()) - top[i][k][outputs[i][k]],
+                                                                       4) for i, k in diverged]
+        leads = sorted(sorted(step.values())[-1] - sorted(step.values())[-2] for i in top for step in top[i])
         ties = {}
-        if lead and matched:
-            ties = {"match_or_near_tie_rate": round((sum(matched) + sum(near_tie)) / len(matched), 4),
-                    "tie_gap": args.tie_gap, "first_difference_leads": gaps,
-                    "first_difference_is_runner_up": sum(outputs[i][k] == lead[i][k][0] for i, k in diverged),
-                    "reference_lead_median": round(all_leads[len(all_leads) // 2], 4),
-                    "reference_leads_at_most_tie_gap": round(sum(g <= args.tie_gap for g in all_leads)
-                                                             / len(all_leads), 4)}
+        if top and matched:
+            near_tie = sum(t is not None and t <= args.tie_gap for t in trails)
+            ties = {"match_or_near_tie_rate": round((sum(matched) + near_tie) / len(matched), 4),
+                    "tie_gap": args.tie_gap, "first_difference_trails": trails,
+                    "reference_lead_median": round(leads[len(leads) // 2], 4),
+                    "reference_steps_led_by_at_most_tie_gap": round(sum(g <= args.tie_gap for g in leads) / len(leads),
+                                                                    4)}
         entry = {"variant": variant, "stock": stock, **common, "rows": rows, "seconds": round(seconds, 2),
                  "summaries_per_s": round(rows / seconds, 2),
                  "projected_min_11334": round(TEST_ROWS / (rows / seconds) / 60, 2),
@@ -236,13 +240,12 @@ def main():
               f"peak={memory.get('peak_gib')} GiB", flush=True)
 
     def project(model, budget, rows=prompts, batch_size=args.batch_size, **kwargs):
+        kwargs.setdefault("decode_attention", args.decode_attention)
         return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
                                    min_new_tokens=args.new_tokens, cudnn_attention=args.cudnn_attention, **kwargs))
 
-    from sumtune.generation import flash_decode_available
-
     loop = "own greedy loop, KV cache preallocated per batch"
-    flash = {"flash_decode": flash_decode_available(model)}
+    flash = {"decode_attention": args.decode_attention}
 
     stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
     if "stock_b1" not in skip:
@@ -286,12 +289,14 @@ def main():
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation,
                deterministic=args.deterministic, **flash)
         reference[f"project_{budget}"] = out
-    if budgets and "sdpa_decode" not in skip:
-        # The same loop with its decoding steps on SDPA + a padding mask (the loop before flash decoding)
-        out, s, mem = timed(device, lambda: project(model, budgets[0], flash_decode=False))
-        record(f"project_bf16_tokens{budgets[0]}_sdpa_decode", False, out, s, mem, ref, decode=loop,
+    for kernel in args.other_decode_attention.split(","):
+        if not (kernel and budgets):
+            continue
+        # The same loop with its decoding steps on another attention (sdpa: SDPA + a padding mask, session 6's loop)
+        out, s, mem = timed(device, lambda kernel=kernel: project(model, budgets[0], decode_attention=kernel))
+        record(f"project_bf16_tokens{budgets[0]}_{kernel}_decode", False, out, s, mem, ref, decode=loop,
                batching=f"sorted, max_batch_tokens={budgets[0]}, batch_size<={args.batch_size}",
-               activation=activation, flash_decode=False, same_tokens_as_flash=round(
+               activation=activation, decode_attention=kernel, same_tokens_as_default=round(
                    sum(out[i] == reference[f"project_{budgets[0]}"][i] for i in out) / len(out), 4))
     if args.rerun and budgets:
         out, s, mem = timed(device, lambda: project(model, budgets[0]))

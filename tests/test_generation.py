@@ -67,6 +67,22 @@ def test_generate_summaries_keeps_input_order(tiny_model, tiny_tokenizer):
     assert batched == one_by_one
 
 
+def test_decoding_stops_one_step_after_the_last_eos(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    """The all-rows-done flag is read two steps late (the host never waits for the step it just queued): one
+    decoding forward runs after every row has emitted EOS, and no more."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        model.lm_head.bias[tiny_tokenizer.eos_token_id] = 1e4  # EOS as soon as it is allowed
+    forwards = []
+    inner = model.model.forward
+    monkeypatch.setattr(model.model, "forward", lambda *a, **kw: forwards.append(kw["input_ids"].shape[1]) or
+                        inner(*a, **kw))
+    out = dict(iter_token_ids(model, tiny_tokenizer, prompts(3), max_new_tokens=10, batch_size=8, min_new_tokens=3))
+    assert all(len(ids) == 3 for ids in out.values())
+    # prefill (token 0), steps for tokens 1, 2 and 3 (EOS everywhere), one step more
+    assert len(forwards) == 5 and forwards[0] > 1 and forwards[1:] == [1] * 4
+
+
 def test_stops_at_eos(tiny_model_dir, tiny_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -80,7 +96,8 @@ def test_stops_at_eos(tiny_model_dir, tiny_tokenizer):
 
 
 def test_prefill_runs_causal_attention_without_a_padding_mask(tiny_model_dir, tiny_tokenizer, monkeypatch):
-    """Right-padded prefill needs no padding mask, so SDPA may pick flash attention; decoding steps keep a mask."""
+    """Right-padded prefill needs no padding mask, so SDPA may pick flash attention. Decoding steps run the matmul
+    attention over the cache (no SDPA call), or with decode_attention="sdpa" SDPA with a mask."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
                                                  attn_implementation="sdpa").eval()
     calls = []
@@ -92,12 +109,19 @@ def test_prefill_runs_causal_attention_without_a_padding_mask(tiny_model_dir, ti
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     rows = prompts(4)  # different lengths: the batch is padded
-    out = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=3, batch_size=4, min_new_tokens=3))
-    assert sorted(out) == list(range(4))
-    prefill = [c for c in calls if c[0] > 1]
-    decode = [c for c in calls if c[0] == 1]
-    assert prefill and all(no_mask and causal for _, no_mask, causal in prefill)
-    assert decode and not any(no_mask for _, no_mask, _ in decode)
+    outputs = {}
+    for decode_attention in ("matmul", "sdpa"):
+        calls.clear()
+        outputs[decode_attention] = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=3, batch_size=4,
+                                                        min_new_tokens=3, decode_attention=decode_attention))
+        prefill = [c for c in calls if c[0] > 1]
+        decode = [c for c in calls if c[0] == 1]
+        assert prefill and all(no_mask and causal for _, no_mask, causal in prefill)
+        if decode_attention == "matmul":
+            assert not decode
+        else:
+            assert len(decode) == 2 * model.config.num_hidden_layers and not any(no_mask for _, no_mask, _ in decode)
+    assert outputs["matmul"] == outputs["sdpa"] and sorted(outputs["sdpa"]) == list(range(4))
 
 
 @pytest.mark.parametrize("cudnn_attention", [False, True])
@@ -201,12 +225,13 @@ def test_flash_decode_steps_read_each_rows_written_slots(tiny_model_dir, tiny_to
                                                  attn_implementation="sdpa").eval()
     rows = prompts(5)
     with_mask = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=8, min_new_tokens=6,
-                                    flash_decode=False))
+                                    decode_attention="sdpa"))
     calls = []
     monkeypatch.setattr(generation, "_varlen_attn",
                         lambda: lambda *a, **kw: reference_varlen_attn(*a, **kw, calls=calls))
     monkeypatch.setattr(generation, "flash_decode_available", lambda model: True)
-    flash = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=8, min_new_tokens=6))
+    flash = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=8, min_new_tokens=6,
+                                decode_attention="flash"))
     assert flash == with_mask and all(len(ids) == 6 for ids in flash.values())
     assert model.config._attn_implementation == "sdpa"  # restored after the batch
     lengths = sorted((len(ids) for ids in generation.encode_prompts(tiny_tokenizer, rows)), reverse=True)

@@ -125,26 +125,32 @@ def test_merge_parity_on_gpu(assets, tmp_path):
     assert (unmerged - base_logits).norm() > 10 * error, "the adapter changed too little for parity to mean anything"
 
 
-def test_flash_decode_attention_equals_masked_attention():
-    """One decoding step through flash attention's varlen kernel (row r reads cache slots 0..position[r], the rest of
-    its slots a query-less sequence) equals SDPA over the whole buffer with a padding mask, computed in fp32."""
+@pytest.mark.parametrize("kernel", ["matmul", "flash"])
+def test_decode_attention_equals_masked_attention(kernel):
+    """One decoding step over a cache where row r has written slots 0..position[r] equals SDPA over the whole buffer
+    with a padding mask, computed in fp32: the matmul path (bf16 products, fp32 scores) and flash attention's varlen
+    kernel (the unwritten slots of each row a query-less sequence)."""
     from sumtune.generation import _varlen_attn, decode_attention_forward, flash_decode_offsets
 
-    if _varlen_attn() is None:
+    if kernel == "flash" and _varlen_attn() is None:
         pytest.skip("this PyTorch has no torch.nn.attention.varlen")
     torch.manual_seed(0)
     rows, heads, slots, dim = 6, 32, 300, 80  # Phi-2's heads and head size
     position = torch.tensor([299, 10, 150, 0, 42, 298], device="cuda")
-    keys, values = (torch.randn(rows, slots, heads, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    keys, values = (torch.randn(rows, heads, slots, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     query = torch.randn(rows, heads, 1, dim, device="cuda", dtype=torch.bfloat16)
-    cu_seq_q, cu_seq_k = flash_decode_offsets(position, slots)
-    out, _ = decode_attention_forward(None, query, keys.transpose(1, 2), values.transpose(1, 2), None,
-                                      scaling=dim**-0.5, cu_seq_q=cu_seq_q, cu_seq_k=cu_seq_k)
+    if kernel == "flash":  # token-major buffers, seen as (rows, heads, slots, dim)
+        k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (keys, values))
+        cu_seq_q, cu_seq_k = flash_decode_offsets(position, slots)
+        out, _ = decode_attention_forward(None, query, k, v, None, scaling=dim**-0.5, cu_seq_q=cu_seq_q,
+                                          cu_seq_k=cu_seq_k)
+    else:
+        out, _ = decode_attention_forward(None, query, keys, values, None, scaling=dim**-0.5,
+                                          decode_position=position)
     mask = (torch.arange(slots, device="cuda") <= position[:, None])[:, None, None, :]
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        query.float(), keys.transpose(1, 2).float(), values.transpose(1, 2).float(), attn_mask=mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(query.float(), keys.float(), values.float(),
+                                                                attn_mask=mask)
     assert out.shape == (rows, 1, heads, dim)
     torch.testing.assert_close(out.float(), expected.transpose(1, 2), rtol=0, atol=2e-2)
-    wrong = torch.nn.functional.scaled_dot_product_attention(query.float(), keys.transpose(1, 2).float(),
-                                                             values.transpose(1, 2).float())
+    wrong = torch.nn.functional.scaled_dot_product_attention(query.float(), keys.float(), values.float())
     assert (wrong.transpose(1, 2) - out.float()).abs().max() > 0.1  # reading unwritten slots would show

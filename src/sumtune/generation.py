@@ -43,6 +43,9 @@ def token_budget_batches(lengths: list[int], max_new_tokens: int, batch_size: in
         start += rows
 
 
+DECODE_ATTENTION = ("matmul", "flash", "sdpa")
+
+
 def _varlen_attn():
     """PyTorch's flash-attention entry point for variable-length batches (`torch.nn.attention.varlen`, PyTorch >= 2.9,
     CUDA only), or None."""
@@ -54,34 +57,53 @@ def _varlen_attn():
 
 
 def flash_decode_available(model) -> bool:
-    """Whether `greedy_batch` can decode with flash attention: a CUDA model in half precision running SDPA."""
+    """Whether `greedy_batch` can decode with flash attention: a CUDA model in half precision."""
     parameter = next(model.parameters())
-    return (_varlen_attn() is not None and parameter.is_cuda and parameter.dtype in (torch.float16, torch.bfloat16)
-            and model.config._attn_implementation == "sdpa")
+    return _varlen_attn() is not None and parameter.is_cuda and parameter.dtype in (torch.float16, torch.bfloat16)
+
+
+def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """query @ keys^T for (batch, 1, dim) x (batch, dim, slots), in float32 (as flash attention keeps its scores).
+    On a GPU half-precision inputs are read as they are (bmm's out_dtype gives float32 products); elsewhere they are
+    converted first (a CPU is never the fast path)."""
+    if query.dtype == torch.float32:
+        return torch.bmm(query, keys)
+    if query.is_cuda:
+        return torch.bmm(query, keys, out_dtype=torch.float32)
+    return torch.bmm(query.float(), keys.float())
 
 
 def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                             cu_seq_q=None, cu_seq_k=None, **kwargs):
-    """SDPA, except for greedy_batch's one-token decoding steps, which run flash attention over the cache.
+                             decode_position=None, cu_seq_q=None, cu_seq_k=None, **kwargs):
+    """SDPA, except for greedy_batch's one-token decoding steps over its SlotCache.
 
-    SDPA has no kernel for a padded cache without a mask, and with one it takes the memory-efficient kernel, slow for a
-    single query (cuDNN's is fast but not reproducible, see REPRODUCIBLE_ATTENTION). PyTorch's `varlen_attn` (flash
-    attention with per-sequence offsets) reads each row's keys only: the cache buffer, viewed as (rows x slots, heads,
-    dim), is described as 2 x rows sequences, each row's written slots (one query) followed by its unwritten ones (no
-    query). Registered with transformers' AttentionInterface below; greedy_batch selects it for its own forwards.
+    SDPA has no fast kernel for one query over a padded cache: with a mask it takes the memory-efficient kernel (cuDNN's
+    is fast but not reproducible, see REPRODUCIBLE_ATTENTION). `decode_position` (rows,): row r attends to cache slots
+    0..position[r]; two batched matrix products read each row's keys and values once, softmax in float32 between them
+    (transformers' eager attention, with float32 scores). `cu_seq_q`/`cu_seq_k`: PyTorch's `varlen_attn` (flash
+    attention with per-sequence offsets) over the token-major cache, seen as 2 x rows sequences: each row's written
+    slots (one query), then its unwritten ones (no query). Registered with transformers' AttentionInterface below;
+    greedy_batch selects it for its decoding steps only.
     """
-    if cu_seq_k is None or query.shape[2] != 1:
+    if query.shape[2] != 1 or (decode_position is None and cu_seq_k is None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     rows, heads, _, dim = query.shape
     slots = key.shape[2]
-    # key/value are SlotCache's (rows, slots, heads, dim) buffers seen as (rows, heads, slots, dim): undo the view
-    if scaling is not None and scaling != dim**-0.5:
-        raise ValueError(f"flash decoding assumes the default attention scale 1/sqrt({dim}), got {scaling}")
-    # (the default scale: the keyword for another one is not in every PyTorch version that has varlen_attn)
-    out = _varlen_attn()(query.reshape(rows, heads, dim), key.transpose(1, 2).reshape(rows * slots, heads, dim),
-                         value.transpose(1, 2).reshape(rows * slots, heads, dim), cu_seq_q, cu_seq_k, 1, slots)
-    return out[:, None], None  # (rows, 1 query, heads, dim), as transformers' attention functions return
+    scaling = dim**-0.5 if scaling is None else scaling
+    if cu_seq_k is not None:
+        if scaling != dim**-0.5:  # the keyword for another scale is not in every PyTorch that has varlen_attn
+            raise ValueError(f"flash decoding assumes the default attention scale 1/sqrt({dim}), got {scaling}")
+        # key/value are SlotCache's token-major (rows, slots, heads, dim) buffers seen as (rows, heads, slots, dim)
+        out = _varlen_attn()(query.reshape(rows, heads, dim), key.transpose(1, 2).reshape(rows * slots, heads, dim),
+                             value.transpose(1, 2).reshape(rows * slots, heads, dim), cu_seq_q, cu_seq_k, 1, slots)
+        return out[:, None], None  # (rows, 1 query, heads, dim), as transformers' attention functions return
+    keys = key.reshape(rows * heads, slots, dim)  # views: the cache is (rows, heads, slots, dim)
+    scores = _scores(query.reshape(rows * heads, 1, dim), keys.transpose(1, 2)).view(rows, heads, slots) * scaling
+    unwritten = torch.arange(slots, device=query.device) > decode_position[:, None]
+    weights = torch.softmax(scores.masked_fill_(unwritten[:, None, :], float("-inf")), dim=-1).to(value.dtype)
+    out = torch.bmm(weights.view(rows * heads, 1, slots), value.reshape(rows * heads, slots, dim))
+    return out.view(rows, 1, heads, dim) if heads == 1 else out.view(rows, heads, 1, dim).transpose(1, 2), None
 
 
 def flash_decode_offsets(position: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,8 +118,8 @@ def flash_decode_offsets(position: torch.Tensor, slots: int) -> tuple[torch.Tens
     return cu_seq_q, cu_seq_k
 
 
-FLASH_DECODE = "sumtune_flash_decode"
-AttentionInterface.register(FLASH_DECODE, decode_attention_forward)
+SLOT_DECODE = "sumtune_slot_decode"
+AttentionInterface.register(SLOT_DECODE, decode_attention_forward)
 
 
 @contextlib.contextmanager
@@ -112,24 +134,27 @@ def attention_implementation(model, name: str):
 
 
 class SlotCache:
-    """Fixed-size KV cache, (rows, slots, heads, dim) per layer, written in place: each row's next token goes to the
-    slot equal to its position (its real tokens so far), so a row's keys are always slots 0..position. `slots` is a
-    device tensor the caller moves, so no step syncs the host. Attention gets the buffers viewed as (rows, heads,
-    slots, dim), as transformers passes keys; a 4D mask or flash attention's per-row offsets hide unwritten slots.
+    """Fixed-size KV cache written in place: each row's next token goes to the slot equal to its position (its real
+    tokens so far), so a row's keys are always slots 0..position. `slots` is a device tensor the caller moves, so no
+    step syncs the host. Buffers are (rows, heads, slots, dim) per layer, or (rows, slots, heads, dim) when
+    `token_major` (flash attention's layout); attention always gets (rows, heads, slots, dim) views, as transformers
+    passes keys, and a 4D mask, positions or flash attention's offsets hide unwritten slots.
 
     Duck-typed, not a `transformers.Cache`: the model only calls `update`, and the mask helpers then skip the
     per-layer bookkeeping whose attributes change between transformers versions."""
 
-    def __init__(self, prefill, length: int):
+    def __init__(self, prefill, length: int, token_major: bool = False):
         """Move a prefill's `DynamicCache` into buffers of `length` slots, one layer at a time (peak: the prompt's
         cache plus one layer's buffer)."""
+        self.token_major = token_major
         self.keys, self.values = [], []
         for layer in prefill.layers:
             for source, target in ((layer.keys, self.keys), (layer.values, self.values)):
                 rows, heads, prompt_len, dim = source.shape
-                buffer = source.new_empty(rows, length, heads, dim)
-                buffer[:, :prompt_len] = source.transpose(1, 2)
-                buffer[:, prompt_len:] = 0
+                buffer = source.new_empty((rows, length, heads, dim) if token_major else (rows, heads, length, dim))
+                view = buffer.transpose(1, 2) if token_major else buffer
+                view[:, :, :prompt_len] = source
+                view[:, :, prompt_len:] = 0
                 target.append(buffer)
             layer.keys = layer.values = None
         rows = self.keys[0].shape[0]
@@ -138,9 +163,14 @@ class SlotCache:
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         # key_states: (rows, heads, 1, dim), the token fed in; it lands at (row, slots[row])
-        self.keys[layer_idx].index_put_((self.rows, self.slots), key_states[:, :, 0])
-        self.values[layer_idx].index_put_((self.rows, self.slots), value_states[:, :, 0])
-        return self.keys[layer_idx].transpose(1, 2), self.values[layer_idx].transpose(1, 2)
+        for buffer, states in ((self.keys[layer_idx], key_states), (self.values[layer_idx], value_states)):
+            if self.token_major:
+                buffer[self.rows, self.slots] = states[:, :, 0]
+            else:
+                buffer[self.rows, :, self.slots] = states[:, :, 0]
+        if self.token_major:
+            return self.keys[layer_idx].transpose(1, 2), self.values[layer_idx].transpose(1, 2)
+        return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions come from position_ids, never from here
@@ -148,15 +178,19 @@ class SlotCache:
 
 @torch.inference_mode()
 def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: int,
-                 min_new_tokens: int = 0, flash_decode: bool = True) -> torch.Tensor:
+                 min_new_tokens: int = 0, decode_attention: str = "matmul") -> torch.Tensor:
     """Greedy continuation of a right-padded batch (`lengths`: real tokens per row): (rows, max_new_tokens) token
     ids, `pad` after each row's EOS.
 
     Same decisions as `generate(do_sample=False)` on each row alone: EOS is banned for the first `min_new_tokens`
-    steps, and the loop ends when every row has emitted EOS. `flash_decode`: decoding steps use flash attention where
-    `flash_decode_available` (see decode_attention_forward), else SDPA with a padding mask.
+    steps, and the loop ends once every row has emitted EOS. `decode_attention` (see decode_attention_forward):
+    "matmul", "flash" (CUDA half precision only, else "matmul") or "sdpa" (SDPA with a padding mask).
     """
+    if decode_attention not in DECODE_ATTENTION:
+        raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
+    if decode_attention == "flash" and not flash_decode_available(causal_lm):
+        decode_attention = "matmul"
     rows, prompt_len = input_ids.shape
     length = prompt_len + max_new_tokens
     device = input_ids.device
@@ -168,7 +202,7 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     prefill = causal_lm.model(input_ids=input_ids, use_cache=True)
     last = prefill.last_hidden_state[torch.arange(rows, device=device), lengths - 1]
     logits = causal_lm.lm_head(last).float()
-    cache = SlotCache(prefill.past_key_values, length)
+    cache = SlotCache(prefill.past_key_values, length, token_major=decode_attention == "flash")
     del prefill
 
     out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
@@ -177,7 +211,6 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being chosen
     position = lengths[:, None].clone() - 1  # position (= cache slot) of the token fed in; moved before each step
     cache.slots = position[:, 0]
-    flash = flash_decode and flash_decode_available(causal_lm)
     slot_index = torch.arange(length, device=device)
 
     def choose(logits):
@@ -190,22 +223,38 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     def decode():
         step.add_(1)
         position.add_(1)
-        if flash:
+        mask, extra = None, {}
+        if decode_attention == "flash":
             extra = dict(zip(("cu_seq_q", "cu_seq_k"), flash_decode_offsets(position[:, 0], length), strict=True))
-            mask = None
+        elif decode_attention == "matmul":
+            extra = {"decode_position": position[:, 0]}
         else:
-            extra = {}
             mask = (slot_index <= position)[:, None, None, :]  # each row's slots 0..position
         hidden = causal_lm.model(input_ids=token, attention_mask=mask, position_ids=position,
                                  past_key_values=cache, use_cache=True, **extra).last_hidden_state
         choose(causal_lm.lm_head(hidden[:, -1]).float())
 
+    # Whether every row is done is read two steps late, from pinned memory: the host never waits for the step it has
+    # just queued, so it can queue the next while the GPU works. At most one step runs after the last row's EOS (its
+    # tokens are pad). Slot k % 2 holds the flag written after step k, read before step k + 2.
+    cuda = device.type == "cuda"
+    flags = [(torch.zeros(1, dtype=torch.bool, pin_memory=cuda), torch.cuda.Event() if cuda else None)
+             for _ in range(2)]
     choose(logits)
-    with attention_implementation(causal_lm, FLASH_DECODE) if flash else contextlib.nullcontext():
-        for _ in range(1, max_new_tokens):
-            if bool(done.all()):
-                break
+    if bool(done.all()):  # every row stopped at the prefill's token
+        return out
+    with attention_implementation(causal_lm, SLOT_DECODE) if decode_attention != "sdpa" else contextlib.nullcontext():
+        for k in range(1, max_new_tokens):
+            flag, event = flags[k % 2]
+            if k >= 3:
+                if event is not None:
+                    event.synchronize()
+                if bool(flag):
+                    break
             decode()
+            flag.copy_(done.all(), non_blocking=cuda)
+            if event is not None:
+                event.record()
     return out
 
 
@@ -230,7 +279,7 @@ def batch_cost(lengths: list[int], batch: list[int], max_new_tokens: int) -> int
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
                    batches: list[list[int]] | None = None, encoded: list[list[int]] | None = None,
-                   cudnn_attention: bool = False, flash_decode: bool = True,
+                   cudnn_attention: bool = False, decode_attention: str = "matmul",
                    **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
@@ -240,7 +289,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`). `cudnn_attention`: let SDPA use cuDNN (faster, not reproducible; see
     REPRODUCIBLE_ATTENTION). The switch is set only while a batch computes, never while the caller holds a row.
-    `flash_decode`: see greedy_batch.
+    `decode_attention`: see greedy_batch.
     """
     if encoded is None:
         encoded = encode_prompts(tokenizer, prompts)
@@ -258,7 +307,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         with contextlib.nullcontext() if cudnn_attention else sdpa_kernel(REPRODUCIBLE_ATTENTION):
             if greedy:
                 new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"].sum(-1), max_new_tokens, eos,
-                                   pad, min_new_tokens, flash_decode)
+                                   pad, min_new_tokens, decode_attention)
             else:
                 new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                      num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
