@@ -72,8 +72,11 @@ def parse_args():
                         "there and here: not reproducible between runs).")
     p.add_argument("--decode-attention", default="matmul", choices=DECODE_ATTENTION,
                    help="The project path's decoding attention (sumtune.generation.greedy_batch).")
-    p.add_argument("--other-decode-attention", default="flash,sdpa",
-                   help="Also time the first budget with these decoding attentions (comma-separated; '' for none).")
+    p.add_argument("--compare", default="eager,flash,sdpa",
+                   help="Also time the last budget with these changes to the project path, alternated with the default "
+                        "--repeats times: eager (no CUDA graph), flash, sdpa (decoding attention); '' for none.")
+    p.add_argument("--repeats", type=int, default=2, help="Rounds of the --compare alternation.")
+    p.add_argument("--eager", action="store_true", help="Project path without a CUDA graph of the decoding step.")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
     return p.parse_args()
 
@@ -240,12 +243,12 @@ def main():
               f"peak={memory.get('peak_gib')} GiB", flush=True)
 
     def project(model, budget, rows=prompts, batch_size=args.batch_size, **kwargs):
-        kwargs.setdefault("decode_attention", args.decode_attention)
+        kwargs = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager} | kwargs
         return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
                                    min_new_tokens=args.new_tokens, cudnn_attention=args.cudnn_attention, **kwargs))
 
     loop = "own greedy loop, KV cache preallocated per batch"
-    flash = {"decode_attention": args.decode_attention}
+    settings = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager}
 
     stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
     if "stock_b1" not in skip:
@@ -279,6 +282,8 @@ def main():
         reference[ref] = out
         record("stock_bf16_b1_fused_act", True, out, s, mem, ref, decode="generate()",
                batching="batch 1, dataset order", activation=activation)
+    if budgets:  # warm-up of the project path (kernels, cuBLAS heuristics, graph capture), untimed
+        project(model, budgets[0], prompts[:64])
     if "sorted_b64" not in skip:
         out, s, mem = timed(device, lambda: project(model, None, batch_size=64))
         record("project_bf16_sorted_b64", False, out, s, mem, ref, decode=loop,
@@ -287,21 +292,26 @@ def main():
         out, s, mem = timed(device, lambda b=budget: project(model, b))
         record(f"project_bf16_tokens{budget}", False, out, s, mem, ref, decode=loop,
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation,
-               deterministic=args.deterministic, **flash)
+               deterministic=args.deterministic, **settings)
         reference[f"project_{budget}"] = out
-    for kernel in args.other_decode_attention.split(","):
-        if not (kernel and budgets):
-            continue
-        # The same loop with its decoding steps on another attention (sdpa: SDPA + a padding mask, session 6's loop)
-        out, s, mem = timed(device, lambda kernel=kernel: project(model, budgets[0], decode_attention=kernel))
-        record(f"project_bf16_tokens{budgets[0]}_{kernel}_decode", False, out, s, mem, ref, decode=loop,
-               batching=f"sorted, max_batch_tokens={budgets[0]}, batch_size<={args.batch_size}",
-               activation=activation, decode_attention=kernel, same_tokens_as_default=round(
-                   sum(out[i] == reference[f"project_{budgets[0]}"][i] for i in out) / len(out), 4))
+    changes = {"eager": {"cuda_graph": False}, **{k: {"decode_attention": k} for k in DECODE_ATTENTION}}
+    compare = [c for c in args.compare.split(",") if c]
+    for repeat in range(args.repeats if compare and budgets else 0):
+        # The default alternated with each change, same rows and budget (sdpa: SDPA + a padding mask, the decoding
+        # of session 6; eager: no CUDA graph)
+        budget = budgets[-1]
+        for change in ["default", *compare]:
+            kwargs = changes.get(change, {})
+            out, s, mem = timed(device, lambda kwargs=kwargs, budget=budget: project(model, budget, **kwargs))
+            record(f"project_bf16_tokens{budget}_{change}_round{repeat + 1}", False, out, s, mem, ref, decode=loop,
+                   batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}",
+                   activation=activation, **{**settings, **kwargs}, same_tokens_as_default=round(
+                       sum(out[i] == reference[f"project_{budget}"][i] for i in out) / len(out), 4))
     if args.rerun and budgets:
         out, s, mem = timed(device, lambda: project(model, budgets[0]))
         record(f"project_bf16_tokens{budgets[0]}_rerun", False, out, s, mem, f"project_{budgets[0]}", decode=loop,
-               batching="the same as the first run", activation=activation, deterministic=args.deterministic, **flash)
+               batching="the same as the first run", activation=activation, deterministic=args.deterministic,
+               **settings)
     if args.profile:
         # Where the time goes (prefill vs decode kernels, attention, copies): one pass over the first rows.
         subset = prompts[: args.profile_rows or None]
@@ -311,7 +321,7 @@ def main():
             _, s, _ = timed(device, lambda: project(model, budgets[0], subset))
         events = prof.key_averages()
         Path(args.profile).write_text(f"the first {len(subset)} rows, max_batch_tokens={budgets[0]}, {s:.2f} s wall "
-                                      f"(under the profiler), {flash}\n\n" + events.table(
+                                      f"(under the profiler), {settings}\n\n" + events.table(
                                           sort_by="self_cuda_time_total" if device == "cuda" else "self_cpu_time_total",
                                           row_limit=30, max_name_column_width=70))
     if args.static:
@@ -367,7 +377,7 @@ def main():
         budget = budgets[-1]
         out, s, mem = timed(device, lambda: project(model, budget))
         record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
-               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **flash)
+               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **settings)
         if "nf4_dequantized" not in skip:  # evaluate.py --dequantize_4bit_base true: the same weights, dequantized once
             from sumtune.modeling import dequantize_4bit_linears
 
@@ -375,7 +385,7 @@ def main():
             for budget in budgets:
                 out, s, mem = timed(device, lambda budget=budget: project(model, budget))
                 record(f"project_nf4_lora_dequantized_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
-                       batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **flash)
+                       batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **settings)
             if "nf4_merged" not in skip:  # and the adapter added to those weights in memory (--merge_adapter true)
                 from sumtune.modeling import merge_adapter_weights
 
@@ -384,7 +394,7 @@ def main():
                 out, s, mem = timed(device, lambda: project(model, budget))
                 record(f"project_nf4_lora_dequantized_merged_tokens{budget}", False, out, s, mem, "nf4_b1",
                        decode=loop, batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}",
-                       **flash)
+                       **settings)
 
 
 if __name__ == "__main__":

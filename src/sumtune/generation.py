@@ -176,15 +176,33 @@ class SlotCache:
         return 0  # positions come from position_ids, never from here
 
 
+def capture(fn) -> torch.cuda.CUDAGraph:
+    """`fn`'s kernels recorded as a CUDA graph (nothing runs yet). Not `torch.cuda.graph`: that empties PyTorch's
+    memory cache at every capture, and a capture per batch would then allocate each batch's KV cache from CUDA anew."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        try:
+            fn()
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph
+
+
 @torch.inference_mode()
 def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: int,
-                 min_new_tokens: int = 0, decode_attention: str = "matmul") -> torch.Tensor:
+                 min_new_tokens: int = 0, decode_attention: str = "matmul", cuda_graph: bool = True) -> torch.Tensor:
     """Greedy continuation of a right-padded batch (`lengths`: real tokens per row): (rows, max_new_tokens) token
     ids, `pad` after each row's EOS.
 
     Same decisions as `generate(do_sample=False)` on each row alone: EOS is banned for the first `min_new_tokens`
     steps, and the loop ends once every row has emitted EOS. `decode_attention` (see decode_attention_forward):
     "matmul", "flash" (CUDA half precision only, else "matmul") or "sdpa" (SDPA with a padding mask).
+    `cuda_graph` (CUDA only): capture one decoding step as a CUDA graph per batch and replay it, so the host no
+    longer launches each step's ~1,000 kernels one by one.
     """
     if decode_attention not in DECODE_ATTENTION:
         raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
@@ -199,7 +217,8 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     # attention (any padding mask forces its slower memory-efficient kernel). Pads compute values nothing reads:
     # their cache slots are overwritten by the row's new tokens before any step reads them, and each row's first
     # token comes from its last real position.
-    prefill = causal_lm.model(input_ids=input_ids, use_cache=True)
+    with torch.profiler.record_function("sumtune.prefill"):
+        prefill = causal_lm.model(input_ids=input_ids, use_cache=True)
     last = prefill.last_hidden_state[torch.arange(rows, device=device), lengths - 1]
     logits = causal_lm.lm_head(last).float()
     cache = SlotCache(prefill.past_key_values, length, token_major=decode_attention == "flash")
@@ -237,9 +256,13 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     # Whether every row is done is read two steps late, from pinned memory: the host never waits for the step it has
     # just queued, so it can queue the next while the GPU works. At most one step runs after the last row's EOS (its
     # tokens are pad). Slot k % 2 holds the flag written after step k, read before step k + 2.
+    # Every tensor a step reads or writes (token, position, step, done, out, the cache) is updated in place, which
+    # is what lets a CUDA graph replay the step: step 1 runs eagerly (it warms up cuBLAS and the allocator), step 2
+    # is captured, then replayed for every later step.
     cuda = device.type == "cuda"
     flags = [(torch.zeros(1, dtype=torch.bool, pin_memory=cuda), torch.cuda.Event() if cuda else None)
              for _ in range(2)]
+    graph = None
     choose(logits)
     if bool(done.all()):  # every row stopped at the prefill's token
         return out
@@ -251,7 +274,13 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
                     event.synchronize()
                 if bool(flag):
                     break
-            decode()
+            with torch.profiler.record_function("sumtune.decode_step"):
+                if cuda and cuda_graph and k == 2:
+                    graph = capture(decode)
+                if graph is not None:
+                    graph.replay()
+                else:
+                    decode()
             flag.copy_(done.all(), non_blocking=cuda)
             if event is not None:
                 event.record()
@@ -279,7 +308,7 @@ def batch_cost(lengths: list[int], batch: list[int], max_new_tokens: int) -> int
 def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
                    batches: list[list[int]] | None = None, encoded: list[list[int]] | None = None,
-                   cudnn_attention: bool = False, decode_attention: str = "matmul",
+                   cudnn_attention: bool = False, decode_attention: str = "matmul", cuda_graph: bool = True,
                    **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
@@ -289,7 +318,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`). `cudnn_attention`: let SDPA use cuDNN (faster, not reproducible; see
     REPRODUCIBLE_ATTENTION). The switch is set only while a batch computes, never while the caller holds a row.
-    `decode_attention`: see greedy_batch.
+    `decode_attention`, `cuda_graph`: see greedy_batch.
     """
     if encoded is None:
         encoded = encode_prompts(tokenizer, prompts)
@@ -307,7 +336,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         with contextlib.nullcontext() if cudnn_attention else sdpa_kernel(REPRODUCIBLE_ATTENTION):
             if greedy:
                 new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"].sum(-1), max_new_tokens, eos,
-                                   pad, min_new_tokens, decode_attention)
+                                   pad, min_new_tokens, decode_attention, cuda_graph)
             else:
                 new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                      num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
