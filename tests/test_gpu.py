@@ -154,3 +154,24 @@ def test_decode_attention_equals_masked_attention(kernel):
     torch.testing.assert_close(out.float(), expected.transpose(1, 2), rtol=0, atol=2e-2)
     wrong = torch.nn.functional.scaled_dot_product_attention(query.float(), keys.float(), values.float())
     assert (wrong.transpose(1, 2) - out.float()).abs().max() > 0.1  # reading unwritten slots would show
+
+
+def test_cuda_graph_decoding_gives_the_eager_tokens(tiny_model_dir, tiny_tokenizer):
+    """Replaying the captured decoding step computes what launching its kernels one by one does: the same greedy
+    tokens for every row of batches of different lengths, also when rows stop at EOS early."""
+    from transformers import AutoModelForCausalLM
+
+    from sumtune.generation import iter_token_ids
+    from sumtune.prompts import build_messages
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).cuda().eval()
+    instruction = (ROOT / "prompts/instruction.txt").read_text()
+    rows = [build_messages(instruction, "word " * (5 + 37 * i))["prompt"] for i in range(12)]
+    runs = {graph: dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=20, batch_size=5,
+                                       cuda_graph=graph)) for graph in (True, False)}
+    assert runs[True] == runs[False] and sorted(runs[True]) == list(range(12))
+    with torch.no_grad():
+        model.lm_head.bias[tiny_tokenizer.eos_token_id] = 30.0  # EOS wins at some steps, not at all
+    runs = {graph: dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=20, batch_size=5,
+                                       cuda_graph=graph)) for graph in (True, False)}
+    assert runs[True] == runs[False]

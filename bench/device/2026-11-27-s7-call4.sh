@@ -6,4 +6,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 G="python3 bench/generate_throughput.py --assets .device_assets/phi-2 --data .device_assets/xsum_test_sample_500.jsonl --output $OUT/generate_throughput.jsonl --no-cudnn-sdp"
 timeout 200 $G --tile 23 --batch-size 512 --budgets 131072 --compare "" --skip stock_b1,sorted_b64,stock_b64,project_stock_act,nf4 > $OUT/gen23.log 2>&1
 echo "gen23 rc $?"; grep "/s " $OUT/gen23.log; tail -3 $OUT/gen23.log | grep -i error
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -k decode_attention 2>&1 | tail -3
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -k "decode_attention or cuda_graph" 2>&1 | tail -3
