@@ -158,7 +158,7 @@ def test_decode_attention_equals_masked_attention(kernel):
 
 def test_cuda_graph_decoding_gives_the_eager_tokens(tiny_model_dir, tiny_tokenizer):
     """Replaying the captured decoding step computes what launching its kernels one by one does: the same greedy
-    tokens for every row of batches of different lengths, also when rows stop at EOS early."""
+    tokens for every row of batches of different lengths, also when every row stops at EOS early."""
     from transformers import AutoModelForCausalLM
 
     from sumtune.generation import iter_token_ids
@@ -171,7 +171,7 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(tiny_model_dir, tiny_tokeniz
                                        cuda_graph=graph)) for graph in (True, False)}
     assert runs[True] == runs[False] and sorted(runs[True]) == list(range(12))
     with torch.no_grad():
-        model.lm_head.bias[tiny_tokenizer.eos_token_id] = 30.0  # EOS wins at some steps, not at all
+        model.lm_head.bias[tiny_tokenizer.eos_token_id] = 1e4  # EOS as soon as allowed: after 4 tokens
     runs = {graph: dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=20, batch_size=5,
-                                       cuda_graph=graph)) for graph in (True, False)}
-    assert runs[True] == runs[False]
+                                       min_new_tokens=4, cuda_graph=graph)) for graph in (True, False)}
+    assert runs[True] == runs[False] and all(len(ids) == 4 for ids in runs[True].values())
