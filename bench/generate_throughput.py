@@ -74,7 +74,8 @@ def parse_args():
                    help="The project path's decoding attention (sumtune.generation.greedy_batch).")
     p.add_argument("--compare", default="eager,flash,sdpa",
                    help="Also time the last budget with these changes to the project path, alternated with the default "
-                        "--repeats times: eager (no CUDA graph), flash, sdpa (decoding attention); '' for none.")
+                        "--repeats times: eager (no CUDA graph), cat_rotary (transformers' rotary embedding), flash, "
+                        "sdpa (decoding attention); '' for none.")
     p.add_argument("--repeats", type=int, default=2, help="Rounds of the --compare alternation.")
     p.add_argument("--eager", action="store_true", help="Project path without a CUDA graph of the decoding step.")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
@@ -248,7 +249,7 @@ def main():
                                    min_new_tokens=args.new_tokens, cudnn_attention=args.cudnn_attention, **kwargs))
 
     loop = "own greedy loop, KV cache preallocated per batch"
-    settings = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager}
+    settings = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager, "fuse_rotary": True}
 
     stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
     if "stock_b1" not in skip:
@@ -294,7 +295,8 @@ def main():
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation,
                deterministic=args.deterministic, **settings)
         reference[f"project_{budget}"] = out
-    changes = {"eager": {"cuda_graph": False}, **{k: {"decode_attention": k} for k in DECODE_ATTENTION}}
+    changes = {"eager": {"cuda_graph": False}, "cat_rotary": {"fuse_rotary": False},
+               **{k: {"decode_attention": k} for k in DECODE_ATTENTION}}
     compare = [c for c in args.compare.split(",") if c]
     for repeat in range(args.repeats if compare and budgets else 0):
         # The default alternated with each change, same rows and budget (sdpa: SDPA + a padding mask, the decoding

@@ -276,3 +276,22 @@ def test_adapter_merged_into_the_dequantized_base_computes_the_same_logits(tiny_
     assert not any(isinstance(m, (LoraLayer, bnb.nn.Linear4bit)) for m in merged_model.modules())
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
     assert (unmerged - base_logits).abs().max() > 1e-2  # the adapter changes the logits: the check can see a miss
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_rotary_attention_is_bitwise_phis(tiny_model_dir, dtype):
+    """fused_rotary (greedy_batch's default): Phi attention with q and k rotated in place gives bitwise the logits
+    of transformers' PhiAttention, with a KV cache too, and the class's forward is back afterwards."""
+    from sumtune.generation import fused_rotary
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype, attn_implementation="sdpa").eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        stock = model(ids[:, :15], use_cache=True)
+        stock_next = model(ids[:, 15:], past_key_values=stock.past_key_values).logits
+        with fused_rotary(model) as patched:
+            fused = model(ids[:, :15], use_cache=True)
+            fused_next = model(ids[:, 15:], past_key_values=fused.past_key_values).logits
+    assert patched == model.config.num_hidden_layers
+    assert torch.equal(fused.logits, stock.logits) and torch.equal(fused_next, stock_next)
+    assert all("forward" not in vars(layer.self_attn) for layer in model.model.layers)

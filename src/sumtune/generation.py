@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import types
 from collections.abc import Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.phi.modeling_phi import eager_attention_forward
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .prompts import render_prompt
@@ -133,6 +136,54 @@ def attention_implementation(model, name: str):
         model.config._attn_implementation = previous
 
 
+def phi_attention_forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None,
+                          **kwargs):
+    """transformers' `PhiAttention.forward` with the partial rotary embedding applied in place.
+
+    Phi-2 rotates the first 32 of each head's 80 dimensions; transformers splits q and k, rotates the first part
+    (`rotate_half` concatenates its halves) and concatenates the parts again: four copies of q/k per layer, 13% of
+    the GPU time of generation (profile in bench/results/generate_throughput.md). Here the rotated halves are
+    written back into the projection's output, the same bf16 operations in the same order (x1 cos - x2 sin equals
+    x1 cos + (-x2) sin exactly), so the results are bitwise equal (tests/test_generation.py). Used only inside
+    greedy_batch (`fused_rotary`), for `PhiAttention` modules without qk_layernorm."""
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    query_states = self.q_proj(hidden_states).view(hidden_shape)  # (rows, seq, heads, dim), contiguous
+    key_states = self.k_proj(hidden_states).view(hidden_shape)
+    value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    cos, sin = position_embeddings  # (rows, seq, rotary dims), both halves the same
+    half = self.rotary_ndims // 2
+    cos, sin = cos[..., None, :half], sin[..., None, :half]  # broadcast over heads
+    for states in (query_states, key_states):
+        x1, x2 = states[..., :half], states[..., half:self.rotary_ndims]
+        first, second = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        x1.copy_(first)
+        x2.copy_(second)
+    query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
+    if past_key_values is not None:
+        key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                              eager_attention_forward)
+    attn_output, attn_weights = attention_interface(self, query_states, key_states, value_states, attention_mask,
+                                                    dropout=0.0, scaling=self.scaling, **kwargs)
+    attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+    return self.dense(attn_output), attn_weights
+
+
+@contextlib.contextmanager
+def fused_rotary(model):
+    """Phi attention layers run `phi_attention_forward` inside the block; other models are left as they are."""
+    patched = [module for module in model.modules() if type(module).__name__ == "PhiAttention"
+               and not getattr(module, "qk_layernorm", True) and hasattr(module, "rotary_ndims")]
+    for module in patched:
+        module.forward = types.MethodType(phi_attention_forward, module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward
+
+
 class SlotCache:
     """Fixed-size KV cache written in place: each row's next token goes to the slot equal to its position (its real
     tokens so far), so a row's keys are always slots 0..position. `slots` is a device tensor the caller moves, so no
@@ -194,7 +245,8 @@ def capture(fn) -> torch.cuda.CUDAGraph:
 
 @torch.inference_mode()
 def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: int,
-                 min_new_tokens: int = 0, decode_attention: str = "matmul", cuda_graph: bool = True) -> torch.Tensor:
+                 min_new_tokens: int = 0, decode_attention: str = "matmul", cuda_graph: bool = True,
+                 fuse_rotary: bool = True) -> torch.Tensor:
     """Greedy continuation of a right-padded batch (`lengths`: real tokens per row): (rows, max_new_tokens) token
     ids, `pad` after each row's EOS.
 
@@ -202,8 +254,15 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     steps, and the loop ends once every row has emitted EOS. `decode_attention` (see decode_attention_forward):
     "matmul", "flash" (CUDA half precision only, else "matmul") or "sdpa" (SDPA with a padding mask).
     `cuda_graph` (CUDA only): capture one decoding step as a CUDA graph per batch and replay it, so the host no
-    longer launches each step's ~1,000 kernels one by one.
+    longer launches each step's ~1,000 kernels one by one. `fuse_rotary`: Phi attention rotates q and k in place
+    (phi_attention_forward) instead of concatenating copies; bitwise the same results.
     """
+    with fused_rotary(model) if fuse_rotary else contextlib.nullcontext():
+        return _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_tokens, decode_attention,
+                             cuda_graph)
+
+
+def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_tokens, decode_attention, cuda_graph):
     if decode_attention not in DECODE_ATTENTION:
         raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
@@ -309,6 +368,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
                    batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
                    batches: list[list[int]] | None = None, encoded: list[list[int]] | None = None,
                    cudnn_attention: bool = False, decode_attention: str = "matmul", cuda_graph: bool = True,
+                   fuse_rotary: bool = True,
                    **generate_kwargs) -> Iterator[tuple[int, list[int]]]:
     """Yield (index into prompts, new token ids up to and excluding EOS) batch by batch, in generation order.
 
@@ -318,7 +378,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`). `cudnn_attention`: let SDPA use cuDNN (faster, not reproducible; see
     REPRODUCIBLE_ATTENTION). The switch is set only while a batch computes, never while the caller holds a row.
-    `decode_attention`, `cuda_graph`: see greedy_batch.
+    `decode_attention`, `cuda_graph`, `fuse_rotary`: see greedy_batch.
     """
     if encoded is None:
         encoded = encode_prompts(tokenizer, prompts)
@@ -336,7 +396,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         with contextlib.nullcontext() if cudnn_attention else sdpa_kernel(REPRODUCIBLE_ATTENTION):
             if greedy:
                 new = greedy_batch(model, inputs["input_ids"], inputs["attention_mask"].sum(-1), max_new_tokens, eos,
-                                   pad, min_new_tokens, decode_attention, cuda_graph)
+                                   pad, min_new_tokens, decode_attention, cuda_graph, fuse_rotary)
             else:
                 new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                      num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
