@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.phi.modeling_phi import eager_attention_forward
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .prompts import render_prompt
 
