@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, help="cut the test file to this many rows")
     p.add_argument("--new-tokens", type=int, default=26)
     p.add_argument("--max-batch-tokens", type=int, default=65536, help="generation_max_batch_tokens")
+    p.add_argument("--batch-size", type=int, default=256, help="generation_batch_size (most rows in a batch)")
     p.add_argument("--results", default="bench/results/generate_throughput.jsonl")
     p.add_argument("--tiny", action="store_true", help="2-layer model on CPU processes (smoke test)")
     p.add_argument("--recheck", action="store_true", help="then 1 process again, on GPU 0 and on GPU 1")
@@ -75,6 +76,7 @@ def main() -> None:
     common = ["evaluate.py", "--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", str(model_dir),
               "--dataset_name", str(data_dir), "--load_in_4bit", "false", "--max_new_tokens", str(opts.new_tokens),
               "--generation_max_batch_tokens", str(opts.max_batch_tokens), "--bootstrap_samples", "10",
+              "--generation_batch_size", str(opts.batch_size),
               "--report_to", "none", "--overwrite_output_dir", "true"]
     if opts.tiny:
         common += ["--dtype", "float32", "--bf16", "false"]
@@ -110,6 +112,7 @@ def main() -> None:
                "gpus": gpus, "visible_gpus": visible, "date": date,
                "versions": package_versions(("torch", "transformers", "accelerate")),
                "rows": len(ids), "new_tokens": opts.new_tokens, "max_batch_tokens": opts.max_batch_tokens,
+               "batch_size": opts.batch_size,
                "summaries_per_s": manifest["generation"]["summaries_per_s"],
                "generation_seconds": manifest["generation"]["seconds"], "wall_s": round(time.time() - start, 1),
                "every_row_once_in_order": [r["id"] for r in preds] == ids,
