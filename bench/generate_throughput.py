@@ -72,10 +72,10 @@ def parse_args():
                         "there and here: not reproducible between runs).")
     p.add_argument("--decode-attention", default="matmul", choices=DECODE_ATTENTION,
                    help="The project path's decoding attention (sumtune.generation.greedy_batch).")
-    p.add_argument("--compare", default="eager,flash,sdpa",
+    p.add_argument("--compare", default="eager,cat_rotary,sdpa",
                    help="Also time the last budget with these changes to the project path, alternated with the default "
-                        "--repeats times: eager (no CUDA graph), cat_rotary (transformers' rotary embedding), flash, "
-                        "sdpa (decoding attention); '' for none.")
+                        "--repeats times: eager (no CUDA graph), cat_rotary (transformers' rotary embedding), sdpa "
+                        "(SDPA decoding attention with a mask); '' for none.")
     p.add_argument("--repeats", type=int, default=2, help="Rounds of the --compare alternation.")
     p.add_argument("--eager", action="store_true", help="Project path without a CUDA graph of the decoding step.")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")

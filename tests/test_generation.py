@@ -200,53 +200,6 @@ def test_dequantized_4bit_base_generates_as_the_4bit_one(tiny_model_dir, tiny_to
             == dict(iter_token_ids(reference, tiny_tokenizer, rows, max_new_tokens=10, batch_size=4)))
 
 
-def reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, calls=None):
-    """What flash attention's varlen entry point computes (non-causal), one sequence at a time, in plain torch."""
-    out = torch.zeros_like(query)
-    for s in range(len(cu_seq_q) - 1):
-        q0, q1, k0, k1 = int(cu_seq_q[s]), int(cu_seq_q[s + 1]), int(cu_seq_k[s]), int(cu_seq_k[s + 1])
-        assert q1 - q0 <= max_q and k1 - k0 <= max_k
-        if calls is not None:
-            calls.append((q1 - q0, k0, k1))
-        if q1 > q0:
-            q, k, v = query[q0:q1].transpose(0, 1), key[k0:k1].transpose(0, 1), value[k0:k1].transpose(0, 1)
-            weights = torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)
-            out[q0:q1] = (weights @ v).transpose(0, 1)
-    return out
-
-
-def test_flash_decode_steps_read_each_rows_written_slots(tiny_model_dir, tiny_tokenizer, monkeypatch):
-    """The flash decoding path (CUDA only) with a plain-torch stand-in for the kernel: its per-row offsets give the
-    same greedy tokens as SDPA with a padding mask, every row's sequence covers slots 0..its position, and the
-    sequences tile the cache buffer."""
-    import sumtune.generation as generation
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                 attn_implementation="sdpa").eval()
-    rows = prompts(5)
-    with_mask = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=8, min_new_tokens=6,
-                                    decode_attention="sdpa"))
-    calls = []
-    monkeypatch.setattr(generation, "_varlen_attn",
-                        lambda: lambda *a, **kw: reference_varlen_attn(*a, **kw, calls=calls))
-    monkeypatch.setattr(generation, "flash_decode_available", lambda model: True)
-    flash = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=8, min_new_tokens=6,
-                                decode_attention="flash"))
-    assert flash == with_mask and all(len(ids) == 6 for ids in flash.values())
-    assert model.config._attn_implementation == "sdpa"  # restored after the batch
-    lengths = sorted((len(ids) for ids in generation.encode_prompts(tiny_tokenizer, rows)), reverse=True)
-    slots = lengths[0] + 6
-    per_forward = 2 * len(rows)  # sequences per attention call
-    layers = model.config.num_hidden_layers
-    assert len(calls) == 5 * layers * per_forward  # 5 decoding steps after the prefill's token
-    for step in range(5):
-        call = calls[step * layers * per_forward:][:per_forward]
-        for r, length in enumerate(lengths):  # rows in batch order: longest first
-            (queries, k0, k1), (gap_queries, g0, g1) = call[2 * r], call[2 * r + 1]
-            assert (queries, k0, k1) == (1, r * slots, r * slots + length + step + 1)
-            assert (gap_queries, g0, g1) == (0, k1, (r + 1) * slots)
-
-
 def test_adapter_merged_into_the_dequantized_base_computes_the_same_logits(tiny_model_dir, tiny_tokenizer):
     """merge_adapter_weights (evaluate.py --merge_adapter): after dequantizing the NF4 base, the adapter's update is
     added to the weights; the plain model that is left gives the logits of the unmerged adapter (fp32 here)."""

@@ -46,27 +46,11 @@ def token_budget_batches(lengths: list[int], max_new_tokens: int, batch_size: in
         start += rows
 
 
-DECODE_ATTENTION = ("matmul", "flash", "sdpa")
-
-
-def _varlen_attn():
-    """PyTorch's flash-attention entry point for variable-length batches (`torch.nn.attention.varlen`, PyTorch >= 2.9,
-    CUDA only), or None."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn
-
-
-def flash_decode_available(model) -> bool:
-    """Whether `greedy_batch` can decode with flash attention: a CUDA model in half precision."""
-    parameter = next(model.parameters())
-    return _varlen_attn() is not None and parameter.is_cuda and parameter.dtype in (torch.float16, torch.bfloat16)
+DECODE_ATTENTION = ("matmul", "sdpa")
 
 
 def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """query @ keys^T for (batch, 1, dim) x (batch, dim, slots), in float32 (as flash attention keeps its scores).
+    """query @ keys^T for (batch, 1, dim) x (batch, dim, slots), in float32 (as SDPA's kernels keep their scores).
     On a GPU half-precision inputs are read as they are (bmm's out_dtype gives float32 products); elsewhere they are
     converted first (a CPU is never the fast path)."""
     if query.dtype == torch.float32:
@@ -77,48 +61,29 @@ def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                             decode_position=None, cu_seq_q=None, cu_seq_k=None, **kwargs):
+                             decode_position=None, **kwargs):
     """SDPA, except for greedy_batch's one-token decoding steps over its SlotCache.
 
     SDPA has no fast kernel for one query over a padded cache: with a mask it takes the memory-efficient kernel (cuDNN's
     is fast but not reproducible, see REPRODUCIBLE_ATTENTION). `decode_position` (rows,): row r attends to cache slots
     0..position[r]; two batched matrix products read each row's keys and values once, softmax in float32 between them
-    (transformers' eager attention, with float32 scores). `cu_seq_q`/`cu_seq_k`: PyTorch's `varlen_attn` (flash
-    attention with per-sequence offsets) over the token-major cache, seen as 2 x rows sequences: each row's written
-    slots (one query), then its unwritten ones (no query). Registered with transformers' AttentionInterface below;
+    (transformers' eager attention, with float32 scores). Flash attention's varlen kernel over the same cache (each
+    row's unwritten slots a query-less sequence) was measured no faster (its 128-query tiles hold one query here)
+    and dropped (bench/results/generate_throughput.md). Registered with transformers' AttentionInterface below;
     greedy_batch selects it for its decoding steps only.
     """
-    if query.shape[2] != 1 or (decode_position is None and cu_seq_k is None):
+    if query.shape[2] != 1 or decode_position is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     rows, heads, _, dim = query.shape
     slots = key.shape[2]
     scaling = dim**-0.5 if scaling is None else scaling
-    if cu_seq_k is not None:
-        if scaling != dim**-0.5:  # the keyword for another scale is not in every PyTorch that has varlen_attn
-            raise ValueError(f"flash decoding assumes the default attention scale 1/sqrt({dim}), got {scaling}")
-        # key/value are SlotCache's token-major (rows, slots, heads, dim) buffers seen as (rows, heads, slots, dim)
-        out = _varlen_attn()(query.reshape(rows, heads, dim), key.transpose(1, 2).reshape(rows * slots, heads, dim),
-                             value.transpose(1, 2).reshape(rows * slots, heads, dim), cu_seq_q, cu_seq_k, 1, slots)
-        return out[:, None], None  # (rows, 1 query, heads, dim), as transformers' attention functions return
     keys = key.reshape(rows * heads, slots, dim)  # views: the cache is (rows, heads, slots, dim)
     scores = _scores(query.reshape(rows * heads, 1, dim), keys.transpose(1, 2)).view(rows, heads, slots) * scaling
     unwritten = torch.arange(slots, device=query.device) > decode_position[:, None]
     weights = torch.softmax(scores.masked_fill_(unwritten[:, None, :], float("-inf")), dim=-1).to(value.dtype)
     out = torch.bmm(weights.view(rows * heads, 1, slots), value.reshape(rows * heads, slots, dim))
-    return out.view(rows, 1, heads, dim) if heads == 1 else out.view(rows, heads, 1, dim).transpose(1, 2), None
-
-
-def flash_decode_offsets(position: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cu_seq_q, cu_seq_k) for decode_attention_forward: row r (one query) attends to its cache slots
-    0..position[r]; its slots after that form a sequence without queries, so the offsets tile the whole buffer of
-    rows x `slots` keys (0, p0+1, L, L+p1+1, 2L, ...)."""
-    rows = position.shape[0]
-    starts = torch.arange(rows + 1, device=position.device, dtype=torch.int32) * slots
-    ends = starts[:-1] + position.to(torch.int32) + 1
-    cu_seq_k = torch.cat([torch.stack([starts[:-1], ends], dim=1).flatten(), starts[-1:]])
-    cu_seq_q = torch.arange(rows + 1, device=position.device, dtype=torch.int32).repeat_interleave(2)[1:]
-    return cu_seq_q, cu_seq_k
+    return out.view(rows, heads, 1, dim).transpose(1, 2), None  # (rows, 1 query, heads, dim), as transformers expects
 
 
 SLOT_DECODE = "sumtune_slot_decode"
@@ -187,25 +152,22 @@ def fused_rotary(model):
 class SlotCache:
     """Fixed-size KV cache written in place: each row's next token goes to the slot equal to its position (its real
     tokens so far), so a row's keys are always slots 0..position. `slots` is a device tensor the caller moves, so no
-    step syncs the host. Buffers are (rows, heads, slots, dim) per layer, or (rows, slots, heads, dim) when
-    `token_major` (flash attention's layout); attention always gets (rows, heads, slots, dim) views, as transformers
-    passes keys, and a 4D mask, positions or flash attention's offsets hide unwritten slots.
+    step syncs the host. Buffers are (rows, heads, slots, dim) per layer, as transformers passes keys; a 4D mask or
+    the rows' positions hide unwritten slots.
 
     Duck-typed, not a `transformers.Cache`: the model only calls `update`, and the mask helpers then skip the
     per-layer bookkeeping whose attributes change between transformers versions."""
 
-    def __init__(self, prefill, length: int, token_major: bool = False):
+    def __init__(self, prefill, length: int):
         """Move a prefill's `DynamicCache` into buffers of `length` slots, one layer at a time (peak: the prompt's
         cache plus one layer's buffer)."""
-        self.token_major = token_major
         self.keys, self.values = [], []
         for layer in prefill.layers:
             for source, target in ((layer.keys, self.keys), (layer.values, self.values)):
                 rows, heads, prompt_len, dim = source.shape
-                buffer = source.new_empty((rows, length, heads, dim) if token_major else (rows, heads, length, dim))
-                view = buffer.transpose(1, 2) if token_major else buffer
-                view[:, :, :prompt_len] = source
-                view[:, :, prompt_len:] = 0
+                buffer = source.new_empty(rows, heads, length, dim)
+                buffer[:, :, :prompt_len] = source
+                buffer[:, :, prompt_len:] = 0
                 target.append(buffer)
             layer.keys = layer.values = None
         rows = self.keys[0].shape[0]
@@ -215,12 +177,7 @@ class SlotCache:
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         # key_states: (rows, heads, 1, dim), the token fed in; it lands at (row, slots[row])
         for buffer, states in ((self.keys[layer_idx], key_states), (self.values[layer_idx], value_states)):
-            if self.token_major:
-                buffer[self.rows, self.slots] = states[:, :, 0]
-            else:
-                buffer[self.rows, :, self.slots] = states[:, :, 0]
-        if self.token_major:
-            return self.keys[layer_idx].transpose(1, 2), self.values[layer_idx].transpose(1, 2)
+            buffer[self.rows, :, self.slots] = states[:, :, 0]
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -252,7 +209,7 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
 
     Same decisions as `generate(do_sample=False)` on each row alone: EOS is banned for the first `min_new_tokens`
     steps, and the loop ends once every row has emitted EOS. `decode_attention` (see decode_attention_forward):
-    "matmul", "flash" (CUDA half precision only, else "matmul") or "sdpa" (SDPA with a padding mask).
+    "matmul" or "sdpa" (SDPA with a padding mask, as transformers decodes).
     `cuda_graph` (CUDA only): capture one decoding step as a CUDA graph per batch and replay it, so the host no
     longer launches each step's ~1,000 kernels one by one. `fuse_rotary`: Phi attention rotates q and k in place
     (phi_attention_forward) instead of concatenating copies; bitwise the same results.
@@ -266,8 +223,6 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     if decode_attention not in DECODE_ATTENTION:
         raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
-    if decode_attention == "flash" and not flash_decode_available(causal_lm):
-        decode_attention = "matmul"
     rows, prompt_len = input_ids.shape
     length = prompt_len + max_new_tokens
     device = input_ids.device
@@ -280,7 +235,7 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
         prefill = causal_lm.model(input_ids=input_ids, use_cache=True)
     last = prefill.last_hidden_state[torch.arange(rows, device=device), lengths - 1]
     logits = causal_lm.lm_head(last).float()
-    cache = SlotCache(prefill.past_key_values, length, token_major=decode_attention == "flash")
+    cache = SlotCache(prefill.past_key_values, length)
     del prefill
 
     out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
@@ -302,9 +257,7 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
         step.add_(1)
         position.add_(1)
         mask, extra = None, {}
-        if decode_attention == "flash":
-            extra = dict(zip(("cu_seq_q", "cu_seq_k"), flash_decode_offsets(position[:, 0], length), strict=True))
-        elif decode_attention == "matmul":
+        if decode_attention == "matmul":
             extra = {"decode_position": position[:, 0]}
         else:
             mask = (slot_index <= position)[:, None, None, :]  # each row's slots 0..position
