@@ -80,28 +80,28 @@ class EvalArguments:
         default=16384,
         metadata={"help": "Most tokens in one generation batch, counted as rows x (longest prompt + max_new_tokens): "
                           "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 16384 is about 5 GiB; "
-                          "65536 (~21 GiB) ran fastest on an H200 (bench/results/generate_throughput.md). None: "
-                          "batches of generation_batch_size rows."},
+                          "131072 with generation_batch_size 512 (~52 GiB peak) ran fastest on an H200 "
+                          "(bench/results/generate_throughput.md). None: batches of generation_batch_size rows."},
     )
     cudnn_attention: bool = field(
         default=False,
-        metadata={"help": "Generation: let attention use cuDNN. Faster on an H200 (83-89 against 76 summaries/s) but "
-                          "not reproducible: a repeated run changed the greedy text of 38% of rows "
+        metadata={"help": "Generation: let the prompt's attention (prefill) use cuDNN. Not reproducible: when it also "
+                          "ran the decoding steps, a repeated run changed the greedy text of 38% of rows "
                           "(bench/results/generate_throughput.md); off, repeats are identical."},
     )
     dequantize_4bit_base: bool = field(
         default=False,
         metadata={"help": "evaluate.py with a 4-bit base: dequantize each 4-bit weight once before generating (Phi-2: "
                           "~5.2 GB instead of ~1.7 GB) instead of in every forward, as bitsandbytes does for batched "
-                          "inputs. Same weight values; 38.0 against 30.9 summaries/s on an H200 "
+                          "inputs. Same weight values; 53.7 against 47.0 summaries/s on an H200 "
                           "(bench/results/generate_throughput.md)."},
     )
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "evaluate.py / summarize.py with --adapter_path: add the adapter to the base weights in "
-                          "memory before generating (as merge.py does on disk), so no LoRA layer runs in each forward. "
-                          "With a 4-bit base it needs --dequantize_4bit_base true (merging into 4-bit weights would "
-                          "requantize them)."},
+                          "memory before generating (as merge.py does on disk), so no LoRA layer runs in each forward "
+                          "(86.8 against 53.7 summaries/s on an H200). With a 4-bit base it needs "
+                          "--dequantize_4bit_base true (merging into 4-bit weights would requantize them)."},
     )
     input_file: str | None = field(
         default=None, metadata={"help": "summarize.py: the article to summarize (a text file); unset or `-`: stdin."}

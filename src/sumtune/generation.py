@@ -3,13 +3,16 @@
 Sorting keeps padding small, and the token budget (rows x (longest prompt + new tokens), the KV cache's size) lets
 short prompts travel in large batches while long ones stay within memory. Greedy decoding runs its own loop over a
 KV cache allocated once per batch: `generate()`'s growing cache copies the whole cache at every step (2x slower on an
-H200). Beam search and extra `generate()` options go through `generate()`. A CUDA graph of the decode step and
-torch.compile were measured and did not pay: see bench/results/generate_throughput.md.
+H200); each decoding step is replayed as a CUDA graph, its attention two batched matrix products over the cache, and
+Phi's rotary embedding is applied in place. Beam search and extra `generate()` options go through `generate()`.
+torch.compile (a 30 s compile for every new batch shape) and flash attention's varlen kernel for the decoding steps
+were measured and did not pay: see bench/results/generate_throughput.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import types
 from collections.abc import Iterator
@@ -55,9 +58,20 @@ def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     converted first (a CPU is never the fast path)."""
     if query.dtype == torch.float32:
         return torch.bmm(query, keys)
-    if query.is_cuda:
+    if query.is_cuda and _bmm_has_out_dtype():
         return torch.bmm(query, keys, out_dtype=torch.float32)
     return torch.bmm(query.float(), keys.float())
+
+
+@functools.cache
+def _bmm_has_out_dtype() -> bool:
+    """torch.bmm(..., out_dtype=) exists from PyTorch 2.8 on (the project allows older)."""
+    try:
+        torch.bmm(torch.zeros(1, 1, 1, dtype=torch.float16, device="cuda"),
+                  torch.zeros(1, 1, 1, dtype=torch.float16, device="cuda"), out_dtype=torch.float32)
+    except (TypeError, RuntimeError):
+        return False
+    return True
 
 
 def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
