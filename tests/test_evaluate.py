@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import ARTICLES, ROOT, make_rows, write_jsonl
 from rouge_score import rouge_scorer
 
@@ -74,3 +75,31 @@ def test_model_mode_with_a_dequantized_4bit_base(tiny_model_dir, data_dir, tmp_p
                            str(data_dir), "--max_new_tokens", "8", "--output_dir", str(tmp_path / "model"))
     assert "Dequantized 12 4-bit layers for generation" in caplog.text  # 2 layers x 6 projections
     assert metrics["num_rows"] == 4 and metrics["mode"] == "model"
+
+
+def test_model_mode_with_the_adapter_merged_in_memory(tiny_model_dir, tiny_tokenizer, data_dir, tmp_path, in_repo,
+                                                      caplog):
+    """--merge_adapter true: the adapter is added to the base weights before generating; the predictions equal the
+    unmerged adapter's (fp32), and the manifest's settings say which it was."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, task_type="CAUSAL_LM",
+                                      target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]))
+    model.save_pretrained(tmp_path / "adapter")
+    tiny_tokenizer.save_pretrained(tmp_path / "adapter")  # as train.py saves it
+    predictions = {}
+    for merge in ("false", "true"):
+        with caplog.at_level("INFO", logger="sumtune.evaluation"):
+            run_eval("--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir),
+                     "--adapter_path", str(tmp_path / "adapter"), "--merge_adapter", merge, "--load_in_4bit", "false",
+                     "--dataset_name", str(data_dir), "--max_new_tokens", "8", "--output_dir", str(tmp_path / merge))
+        lines = (tmp_path / merge / "predictions.jsonl").read_text().splitlines()
+        predictions[merge] = [json.loads(line)["prediction"] for line in lines]
+        manifest = json.loads((tmp_path / merge / "manifest.json").read_text())
+        assert '"merge_adapter": ' + merge in json.dumps(manifest)
+        assert '"merge_adapter": ' + {"true": "false", "false": "true"}[merge] not in json.dumps(manifest)
+    assert "Merged the adapter into the base weights in memory" in caplog.text
+    assert predictions["true"] == predictions["false"] and len(predictions["true"]) == 4
