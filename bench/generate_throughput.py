@@ -298,6 +298,8 @@ def main():
     changes = {"eager": {"cuda_graph": False}, "cat_rotary": {"fuse_rotary": False},
                **{k: {"decode_attention": k} for k in DECODE_ATTENTION}}
     compare = [c for c in args.compare.split(",") if c]
+    if unknown := set(compare) - set(changes):
+        sys.exit(f"--compare: unknown {sorted(unknown)}; known: {sorted(changes)}")
     for repeat in range(args.repeats if compare and budgets else 0):
         # The default alternated with each change, same rows and budget (sdpa: SDPA + a padding mask, the decoding
         # of session 6; eager: no CUDA graph)

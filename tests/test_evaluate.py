@@ -91,6 +91,10 @@ def test_model_mode_with_the_adapter_merged_in_memory(tiny_model_dir, tiny_token
     model.save_pretrained(tmp_path / "adapter")
     tiny_tokenizer.save_pretrained(tmp_path / "adapter")  # as train.py saves it
     predictions = {}
+    run_eval("--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir), "--load_in_4bit",
+             "false", "--dataset_name", str(data_dir), "--max_new_tokens", "8", "--output_dir", str(tmp_path / "base"))
+    base = [json.loads(line)["prediction"]
+            for line in (tmp_path / "base" / "predictions.jsonl").read_text().splitlines()]
     for merge in ("false", "true"):
         with caplog.at_level("INFO", logger="sumtune.evaluation"):
             run_eval("--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir),
@@ -103,3 +107,4 @@ def test_model_mode_with_the_adapter_merged_in_memory(tiny_model_dir, tiny_token
         assert '"merge_adapter": ' + {"true": "false", "false": "true"}[merge] not in json.dumps(manifest)
     assert "Merged the adapter into the base weights in memory" in caplog.text
     assert predictions["true"] == predictions["false"] and len(predictions["true"]) == 4
+    assert predictions["true"] != base  # the adapter changes the summaries: equality above means something

@@ -208,6 +208,7 @@ def test_adapter_merged_into_the_dequantized_base_computes_the_same_logits(tiny_
     from peft.tuners.lora import LoraLayer
     from transformers import BitsAndBytesConfig
 
+    from sumtune.config import ConfigError
     from sumtune.modeling import dequantize_4bit_linears, merge_adapter_weights
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -216,7 +217,7 @@ def test_adapter_merged_into_the_dequantized_base_computes_the_same_logits(tiny_
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, task_type="CAUSAL_LM",
                                             target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]))
     model.eval()
-    with pytest.raises(ValueError, match="dequantize the 4-bit base first"):
+    with pytest.raises(ConfigError, match="--dequantize_4bit_base true"):
         merge_adapter_weights(model)
     dequantize_4bit_linears(model)
     ids = tiny_tokenizer(["the council said", "a new report on rail fares"], return_tensors="pt", padding=True)
@@ -248,3 +249,40 @@ def test_in_place_rotary_attention_is_bitwise_phis(tiny_model_dir, dtype):
     assert patched == model.config.num_hidden_layers
     assert torch.equal(fused.logits, stock.logits) and torch.equal(fused_next, stock_next)
     assert all("forward" not in vars(layer.self_attn) for layer in model.model.layers)
+
+
+def test_merging_a_dora_adapter_in_memory_is_refused(tiny_model_dir):
+    """merge_adapter_weights adds B·A only: a DoRA adapter (magnitude vector) would be merged wrongly, so it is
+    refused with the way out named."""
+    from peft import LoraConfig, get_peft_model
+
+    from sumtune.config import ConfigError
+    from sumtune.modeling import merge_adapter_weights
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["fc1"],
+                                      task_type="CAUSAL_LM"))
+    with pytest.raises(ConfigError, match="DoRA"):
+        merge_adapter_weights(model)
+
+
+def test_models_the_matmul_attention_does_not_cover_decode_with_sdpa(tmp_path, tiny_tokenizer):
+    """Grouped key/value heads (not Phi-2's layout) fall back to SDPA with a mask for the decoding steps: the same
+    greedy tokens as stock generate() one row at a time."""
+    from transformers import PhiForCausalLM
+
+    from sumtune.generation import matmul_decode_supported
+    from sumtune.tiny import tiny_phi_config
+
+    torch.manual_seed(0)
+    eos = tiny_tokenizer.eos_token_id
+    model = PhiForCausalLM(tiny_phi_config(len(tiny_tokenizer), num_key_value_heads=2, eos_token_id=eos,
+                                           pad_token_id=eos)).eval()
+    assert not matmul_decode_supported(model)
+    rows = prompts(4)
+    out = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=4, min_new_tokens=6))
+    for i, prompt in enumerate(rows):
+        text = tiny_tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        ids = tiny_tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        stock = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=eos)
+        assert out[i] == stock[0, ids.shape[1]:].tolist()

@@ -145,7 +145,7 @@ def test_decode_attention_equals_masked_attention():
     assert (wrong.transpose(1, 2) - out.float()).abs().max() > 0.1  # reading unwritten slots would show
 
 
-def test_cuda_graph_decoding_gives_the_eager_tokens(tiny_model_dir, tiny_tokenizer):
+def test_cuda_graph_decoding_gives_the_eager_tokens(tiny_model_dir, tiny_tokenizer, monkeypatch):
     """Replaying the captured decoding step computes what launching its kernels one by one does: the same greedy
     tokens for every row of batches of different lengths, also when every row stops at EOS early."""
     from transformers import AutoModelForCausalLM
@@ -156,8 +156,14 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(tiny_model_dir, tiny_tokeniz
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).cuda().eval()
     instruction = (ROOT / "prompts/instruction.txt").read_text()
     rows = [build_messages(instruction, "word " * (5 + 37 * i))["prompt"] for i in range(12)]
+    import sumtune.generation as generation
+
+    captured = []
+    capture = generation.capture
+    monkeypatch.setattr(generation, "capture", lambda fn: captured.append(1) or capture(fn))
     runs = {graph: dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=20, batch_size=5,
                                        cuda_graph=graph)) for graph in (True, False)}
+    assert len(captured) == 3  # one graph per batch (12 rows, 5 a batch), none without cuda_graph
     assert runs[True] == runs[False] and sorted(runs[True]) == list(range(12))
     with torch.no_grad():
         model.lm_head.bias[tiny_tokenizer.eos_token_id] = 1e4  # EOS as soon as allowed: after 4 tokens

@@ -240,6 +240,9 @@ def check_merge_options(eval_args: EvalArguments, model_args: ModelConfig) -> No
     if eval_args.merge_adapter and not eval_args.adapter_path:
         raise ConfigError("--merge_adapter true needs --adapter_path (the adapter to merge); without an adapter drop "
                           "--merge_adapter.")
+    if eval_args.merge_adapter and model_args.load_in_8bit:
+        raise ConfigError("--merge_adapter true cannot merge into an 8-bit base: use --load_in_8bit false (a 16-bit "
+                          "base) or merge.py.")
     if eval_args.merge_adapter and model_args.load_in_4bit and not eval_args.dequantize_4bit_base:
         raise ConfigError("--merge_adapter true with a 4-bit base (--load_in_4bit true) needs --dequantize_4bit_base "
                           "true: merging into 4-bit weights would requantize them.")

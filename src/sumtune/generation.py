@@ -58,9 +58,21 @@ def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     converted first (a CPU is never the fast path)."""
     if query.dtype == torch.float32:
         return torch.bmm(query, keys)
-    if query.is_cuda and _bmm_has_out_dtype():
-        return torch.bmm(query, keys, out_dtype=torch.float32)
+    if query.is_cuda:
+        return torch.bmm(query, keys, out_dtype=torch.float32)  # matmul_decode_supported checked it exists
     return torch.bmm(query.float(), keys.float())
+
+
+def matmul_decode_supported(model) -> bool:
+    """decode_attention_forward covers plain multi-head attention (Phi-2's): as many key/value heads as query heads,
+    no sliding window or logit softcapping; on a GPU in half precision it needs bmm's out_dtype (PyTorch >= 2.8).
+    Other models decode with SDPA and a mask."""
+    config, parameter = model.config, next(model.parameters())
+    plain = (getattr(config, "num_key_value_heads", None) in (None, config.num_attention_heads)
+             and getattr(config, "sliding_window", None) is None
+             and getattr(config, "attn_logit_softcapping", None) is None)
+    half_on_gpu = parameter.is_cuda and parameter.dtype != torch.float32
+    return plain and (not half_on_gpu or _bmm_has_out_dtype())
 
 
 @functools.cache
@@ -153,7 +165,8 @@ def phi_attention_forward(self, hidden_states, position_embeddings, attention_ma
 def fused_rotary(model):
     """Phi attention layers run `phi_attention_forward` inside the block; other models are left as they are."""
     patched = [module for module in model.modules() if type(module).__name__ == "PhiAttention"
-               and not getattr(module, "qk_layernorm", True) and hasattr(module, "rotary_ndims")]
+               and not getattr(module, "qk_layernorm", True) and hasattr(module, "rotary_ndims")
+               and "forward" not in vars(module)]  # a forward set on the instance (a hook) stays as it is
     for module in patched:
         module.forward = types.MethodType(phi_attention_forward, module)
     try:
@@ -198,12 +211,17 @@ class SlotCache:
         return 0  # positions come from position_ids, never from here
 
 
+@functools.cache
+def _capture_stream(device: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
 def capture(fn) -> torch.cuda.CUDAGraph:
     """`fn`'s kernels recorded as a CUDA graph (nothing runs yet). Not `torch.cuda.graph`: that empties PyTorch's
     memory cache at every capture, and a capture per batch would then allocate each batch's KV cache from CUDA anew."""
     graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
+    stream = _capture_stream(torch.cuda.current_device())  # one per device, as torch.cuda.graph keeps: cuBLAS keeps
+    stream.wait_stream(torch.cuda.current_stream())         # a workspace per stream
     with torch.cuda.stream(stream):
         graph.capture_begin()
         try:
@@ -228,7 +246,8 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
     longer launches each step's ~1,000 kernels one by one. `fuse_rotary`: Phi attention rotates q and k in place
     (phi_attention_forward) instead of concatenating copies; bitwise the same results.
     """
-    with fused_rotary(model) if fuse_rotary else contextlib.nullcontext():
+    with (fused_rotary(model) if fuse_rotary else contextlib.nullcontext(),
+          torch.cuda.device(input_ids.device) if input_ids.is_cuda else contextlib.nullcontext()):
         return _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_tokens, decode_attention,
                              cuda_graph)
 
@@ -237,6 +256,8 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     if decode_attention not in DECODE_ATTENTION:
         raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
+    if decode_attention == "matmul" and not matmul_decode_supported(causal_lm):
+        decode_attention = "sdpa"
     rows, prompt_len = input_ids.shape
     length = prompt_len + max_new_tokens
     device = input_ids.device
@@ -347,6 +368,8 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     REPRODUCIBLE_ATTENTION). The switch is set only while a batch computes, never while the caller holds a row.
     `decode_attention`, `cuda_graph`, `fuse_rotary`: see greedy_batch.
     """
+    if decode_attention not in DECODE_ATTENTION:
+        raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
     if encoded is None:
         encoded = encode_prompts(tokenizer, prompts)
     model.eval()

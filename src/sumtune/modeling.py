@@ -215,14 +215,19 @@ def merge_adapter_weights(model):
         if not isinstance(module, LoraLayer):
             continue
         weight = module.get_base_layer().weight
-        if isinstance(module.get_base_layer(), bnb.nn.Linear4bit):
-            raise ValueError("merge_adapter_weights needs 16/32-bit base weights: dequantize the 4-bit base first "
-                             "(--dequantize_4bit_base true)")
+        if isinstance(module.get_base_layer(), bnb.nn.Linear4bit) or not weight.dtype.is_floating_point:
+            raise ConfigError("--merge_adapter needs 16/32-bit base weights: with a 4-bit base add "
+                              "--dequantize_4bit_base true; an 8-bit base cannot be merged in memory (use merge.py).")
+        if any(module.use_dora.get(name) or getattr(module, "lora_bias", {}).get(name)
+               for name in module.active_adapters):
+            # B·A alone would drop DoRA's magnitude vector and the LoRA bias
+            raise ConfigError("--merge_adapter supports plain LoRA adapters; this one uses DoRA or a LoRA bias: drop "
+                              "--merge_adapter (or merge it with merge.py).")
         delta = sum(module.get_delta_weight(name).float() for name in module.active_adapters)
         weight.data = (weight.data.float() + delta).to(weight.dtype)
         count += 1
     if not count:
-        raise ValueError("merge_adapter_weights: the model has no LoRA layer")
+        raise ConfigError("--merge_adapter: the model has no LoRA layer to merge")
     return model.unload()
 
 
