@@ -253,9 +253,8 @@ def main():
 
     stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
     if "stock_b1" not in skip:
-        margins["bf16_b1"] = {}
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
-                                                           args.new_tokens, margins["bf16_b1"]))
+                                                           args.new_tokens, margins.setdefault("bf16_b1", {})))
         reference["bf16_b1"] = out
         record("stock_bf16_b1", True, out, s, mem, "bf16_b1", decode="generate()",
                batching="batch 1, dataset order")
@@ -277,9 +276,8 @@ def main():
     if "stock_b1" not in skip:
         # The match reference for the project variants below: stock generate() on the same model, one row at a time.
         ref = "bf16_b1_fused_act"
-        margins[ref] = {}
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
-                                                           args.new_tokens, margins[ref]))
+                                                           args.new_tokens, margins.setdefault(ref, {})))
         reference[ref] = out
         record("stock_bf16_b1_fused_act", True, out, s, mem, ref, decode="generate()",
                batching="batch 1, dataset order", activation=activation)
@@ -351,9 +349,8 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = False
         model = build_model(args, device, torch.float32)
         rows = prompts[: args.fp32_match_rows]
-        margins["fp32_b1"] = {}
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 1, args.new_tokens,
-                                                           margins["fp32_b1"]))
+                                                           margins.setdefault("fp32_b1", {})))
         reference["fp32_b1"] = out
         record("stock_fp32_b1", True, out, s, mem, "fp32_b1", decode="generate()", batching="batch 1, dataset order")
         out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 64, args.new_tokens))
@@ -372,9 +369,8 @@ def main():
         model.eval()
         stock_generate(model, tokenizer, prompts[:4], 4, 2)
         if args.nf4_batch1_rows:
-            margins["nf4_b1"] = {}
             out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.nf4_batch1_rows], 1,
-                                                               args.new_tokens, margins["nf4_b1"]))
+                                                               args.new_tokens, margins.setdefault("nf4_b1", {})))
             reference["nf4_b1"] = out
             record("stock_nf4_lora_b1", True, out, s, mem, "nf4_b1", decode="generate()",
                    batching="batch 1, dataset order")
