@@ -1,0 +1,252 @@
+"""Summary quality with real weights, through the project's own commands: zero-shot, fine-tuned (the adapter on the
+4-bit base, and merge.py's model) and lead-1, on rows that training never saw. ROUGE F1 x 100 with percentile-bootstrap
+95% intervals, and a paired bootstrap interval for each difference between systems (same rows, resampled together).
+
+    python scripts/make_real_model.py                                      # outputs/models/smollm2-135m
+    python bench/quality.py --recipe recipes/smollm2-135m/qlora.yaml --data ../shared/data/xsum_test_sample_500.jsonl
+    python bench/quality.py ... --tune bench/quality_tuning.json           # validation rows only: a sweep
+
+The data file's rows are split by `--split-seed` into train (of which the last `--validation-rows` are the
+validation rows used for tuning and eval loss) and test rows. A test run appends one JSON object per system to
+`--results`; a tuning run appends one per setting, scored on the validation rows, to `--tuning-results`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sumtune.manifest import device_name, package_versions  # noqa: E402
+from sumtune.metrics import ROUGE_TYPES, bootstrap_ci, rouge_per_example, summarize_scores  # noqa: E402
+
+# The training settings for a few hundred rows (the recipe's own steps are for XSum's 204k): every row several times,
+# an evaluation per epoch, no checkpoints. Chosen on the validation rows (bench/results/quality_tuning.jsonl).
+DEFAULT_TRAIN_ARGS = ("--max_steps -1 --num_train_epochs 5 --eval_strategy epoch --save_strategy no "
+                      "--rouge_eval_samples 0 --logging_steps 5")
+SYSTEMS = ("zero_shot", "adapter", "merged", "lead")
+
+
+def split_rows(path: Path, train_rows: int, validation_rows: int, test_rows: int, seed: int, folder: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if train_rows + test_rows > len(rows) or validation_rows >= train_rows:
+        raise SystemExit(f"error: {path} has {len(rows)} rows; asked for {train_rows} train (of which "
+                         f"{validation_rows} validation) + {test_rows} test.")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    cut = train_rows - validation_rows
+    parts = {"train": order[:cut], "validation": order[cut:train_rows],
+             "test": order[train_rows:train_rows + test_rows]}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, indices in parts.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(rows[i]) + "\n" for i in indices), encoding="utf-8")
+    return {name: len(indices) for name, indices in parts.items()}
+
+
+def run(command: list[str], log: Path) -> float:
+    """Run one of the project's commands; its output goes to `log`. Returns the seconds it took."""
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        handle.write(shlex.join(command) + "\n")
+        handle.flush()
+        result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    if result.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise SystemExit(f"error: {shlex.join(command[:3])} ... failed (exit {result.returncode}); log {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def train(args, data: Path, train_args: str, work: Path) -> tuple[Path, dict]:
+    """Train once per distinct setting (runs are kept under work/runs/<hash>)."""
+    key = hashlib.sha256(f"{args.recipe}|{args.model}|{data}|{train_args}".encode()).hexdigest()[:10]
+    run_dir = work / "runs" / key
+    info_file = run_dir / "bench_train.json"
+    if info_file.is_file():
+        return run_dir, json.loads(info_file.read_text())
+    command = [sys.executable, "train.py", "--config", args.recipe, "--dataset_name", str(data),
+               "--output_dir", str(run_dir), *model_flag(args), *shlex.split(train_args)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seconds = run(command, work / f"train-{key}.log")
+    history = json.loads((run_dir / "adapter" / "log_history.json").read_text())
+    evals = [row["eval_loss"] for row in history if "eval_loss" in row]
+    info = {"train_args": train_args, "train_seconds": round(seconds, 1),
+            "steps": max((row.get("step", 0) for row in history), default=0),
+            "eval_loss": [round(v, 4) for v in evals]}
+    info_file.write_text(json.dumps(info) + "\n")
+    return run_dir, info
+
+
+def model_flag(args) -> list[str]:
+    return ["--model_name_or_path", args.model] if args.model else []
+
+
+def evaluate(args, system: str, data: Path, split: str, run_dir: Path | None, eval_args: str, out: Path) -> Path:
+    command = [sys.executable, "evaluate.py", "--config", args.recipe, "--dataset_name", str(data),
+               "--eval_split", split, "--output_dir", str(out), "--overwrite_output_dir", "true"]
+    if system == "lead":
+        command += ["--baseline", "lead"]
+    else:
+        if system == "zero_shot":
+            command += [*model_flag(args), "--load_in_4bit", "false"]
+        elif system == "adapter":
+            command += [*model_flag(args), "--adapter_path", str(run_dir / "adapter")]
+        elif system == "merged":
+            command += ["--model_name_or_path", str(run_dir / "merged"), "--load_in_4bit", "false"]
+        command += shlex.split(eval_args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run(command, out.with_suffix(".log"))
+    return out
+
+
+def per_row_scores(eval_dir: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    rows = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda row: str(row["id"]))
+    return ([str(row["id"]) for row in rows],
+            rouge_per_example([row["prediction"] for row in rows], [row["reference"] for row in rows]))
+
+
+def score_systems(eval_dirs: dict[str, Path], samples: int) -> dict[str, dict]:
+    """Each system's ROUGE with intervals, and the paired interval of its difference to every other system."""
+    scored = {name: per_row_scores(folder) for name, folder in eval_dirs.items()}
+    ids = {name: ids for name, (ids, _) in scored.items()}
+    if len({tuple(v) for v in ids.values()}) != 1:
+        raise SystemExit("error: the systems were scored on different rows")
+    results = {}
+    for name, (_, scores) in scored.items():
+        metrics = summarize_scores(scores, samples)
+        metrics = {key: round(metrics[key], 2) for key in ROUGE_TYPES} | {
+            "ci95": {key: [round(v, 2) for v in metrics["ci95"][key]] for key in ROUGE_TYPES},
+            "num_rows": metrics["num_rows"]}
+        metrics["minus"] = {
+            other: {key: [round(float(np.mean(scores[key] - other_scores[key])), 2),
+                          *(round(v, 2) for v in bootstrap_ci(scores[key] - other_scores[key], samples))]
+                    for key in ("rouge1", "rouge2", "rougeL")}
+            for other, (_, other_scores) in scored.items() if other != name}
+        lengths = [len(json.loads(line)["prediction"].split())
+                   for line in (eval_dirs[name] / "predictions.jsonl").read_text().splitlines() if line.strip()]
+        metrics["mean_words"] = round(float(np.mean(lengths)), 1)
+        results[name] = metrics
+    return results
+
+
+def append(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def common_fields(args, counts: dict) -> dict:
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_name(),
+            "versions": package_versions(), "model": args.model or "(recipe)", "recipe": args.recipe,
+            "data": str(args.data), "split_seed": args.split_seed, "rows": counts,
+            "command": shlex.join([Path(sys.executable).name, *sys.argv]), "note": args.note}
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = [f"{'system':<12} " + " ".join(f"{key:>20}" for key in ("rouge1", "rouge2", "rougeL")) + "  words"]
+    for name, metrics in results.items():
+        cells = [f"{metrics[key]:6.2f} [{metrics['ci95'][key][0]:5.2f},{metrics['ci95'][key][1]:6.2f}]"
+                 for key in ("rouge1", "rouge2", "rougeL")]
+        lines.append(f"{name:<12} " + " ".join(f"{cell:>20}" for cell in cells) + f"  {metrics['mean_words']:5.1f}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/smollm2-135m/qlora.yaml")
+    parser.add_argument("--model", default=None, help="Overrides the recipe's model_name_or_path.")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/xsum_test_sample_500.jsonl")
+    parser.add_argument("--train-rows", type=int, default=300)
+    parser.add_argument("--validation-rows", type=int, default=60, help="Carved from the train rows.")
+    parser.add_argument("--test-rows", type=int, default=200)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--train-args", default=DEFAULT_TRAIN_ARGS, help="Extra train.py flags.")
+    parser.add_argument("--eval-args", default="", help="Extra evaluate.py flags for the model systems.")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--tune", type=Path, default=None,
+                        help="JSON list of {name, train_args, eval_args}: train each, score on the validation rows.")
+    parser.add_argument("--best-from", type=Path, default=None,
+                        help="A tuning results file: take the setting with the highest validation ROUGE-1 among its "
+                             "rows with this --note, and run the test with its train and eval flags.")
+    parser.add_argument("--tune-shard", default="0/1",
+                        help="i/n: run every n-th training setting from the i-th (n processes can share one GPU).")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs/quality")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench/results/quality.jsonl")
+    parser.add_argument("--tuning-results", type=Path, default=ROOT / "bench/results/quality_tuning.jsonl")
+    parser.add_argument("--bootstrap-samples", type=int, default=2000)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    work = args.work_dir.resolve()
+    data = work / "data"
+    counts = split_rows(args.data, args.train_rows, args.validation_rows, args.test_rows, args.split_seed, data)
+    print(f"rows: {counts}", flush=True)
+
+    if args.tune is not None:
+        index, count = (int(v) for v in args.tune_shard.split("/"))
+        settings = json.loads(args.tune.read_text())
+        groups = list(dict.fromkeys(setting.get("train_args", "") for setting in settings))[index::count]
+        settings = [setting for setting in settings if setting.get("train_args", "") in groups]  # one training each
+        for setting in settings:
+            train_args = f"{DEFAULT_TRAIN_ARGS} {setting.get('train_args', '')}"
+            run_dir, info = train(args, data, train_args, work)
+            name = setting["name"]
+            out = evaluate(args, "adapter", data, "validation", run_dir, setting.get("eval_args", ""),
+                           work / "tune" / name)
+            metrics = score_systems({name: out}, args.bootstrap_samples)[name]
+            metrics.pop("minus")
+            row = common_fields(args, counts) | {"split": "validation", "setting": name, **info,
+                                                 "eval_args": setting.get("eval_args", "")} | metrics
+            append(args.tuning_results, [row])
+            print(f"{name:<28} R1 {metrics['rouge1']:6.2f} [{metrics['ci95']['rouge1'][0]:.2f}, "
+                  f"{metrics['ci95']['rouge1'][1]:.2f}] R2 {metrics['rouge2']:5.2f} RL {metrics['rougeL']:5.2f} "
+                  f"words {metrics['mean_words']:4.1f} eval_loss {info['eval_loss']} ({info['train_seconds']} s)",
+                  flush=True)
+        return
+
+    if args.best_from is not None:
+        tuned = [json.loads(line) for line in args.best_from.read_text().splitlines() if line.strip()]
+        tuned = [row for row in tuned if row.get("note") == args.note and row.get("split") == "validation"]
+        if not tuned:
+            raise SystemExit(f"error: no validation rows with note {args.note!r} in {args.best_from}")
+        best = max(tuned, key=lambda row: row["rouge1"])
+        args.train_args, args.eval_args = best["train_args"], best["eval_args"]
+        print(f"best of {len(tuned)} settings on the validation rows: {best['setting']} (ROUGE-1 {best['rouge1']})")
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        raise SystemExit(f"error: unknown --systems {unknown}; choose from {list(SYSTEMS)}")
+    run_dir, info = (train(args, data, args.train_args, work) if {"adapter", "merged"} & set(systems)
+                     else (None, {}))
+    if "merged" in systems:
+        info["merge_seconds"] = round(run([sys.executable, "merge.py", "--config", args.recipe, *model_flag(args),
+                                           "--adapter_path", str(run_dir / "adapter"), "--output_dir",
+                                           str(run_dir / "merged"), "--overwrite_output_dir", "true",
+                                           *shlex.split(args.eval_args)],
+                                          work / "merge.log"), 1)
+    eval_dirs = {system: evaluate(args, system, data, "test", run_dir, args.eval_args, work / "eval" / system)
+                 for system in systems}
+    results = score_systems(eval_dirs, args.bootstrap_samples)
+    fields = common_fields(args, counts) | {"split": "test", "eval_args": args.eval_args, **info}
+    append(args.results, [fields | {"system": name} | metrics for name, metrics in results.items()])
+    print(table(results))
+    for name, metrics in results.items():
+        for other, diffs in metrics["minus"].items():
+            if name in ("adapter", "merged") and other in ("zero_shot", "lead", "adapter"):
+                d = diffs["rouge1"]
+                print(f"ROUGE-1 {name} - {other}: {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (paired bootstrap 95%)")
+    print(f"appended {len(results)} rows to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
