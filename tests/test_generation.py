@@ -266,23 +266,106 @@ def test_merging_a_dora_adapter_in_memory_is_refused(tiny_model_dir):
         merge_adapter_weights(model)
 
 
-def test_models_the_matmul_attention_does_not_cover_decode_with_sdpa(tmp_path, tiny_tokenizer):
-    """Grouped key/value heads (not Phi-2's layout) fall back to SDPA with a mask for the decoding steps: the same
-    greedy tokens as stock generate() one row at a time."""
-    from transformers import PhiForCausalLM
+def stock_greedy(model, tokenizer, prompt, new_tokens: int) -> list[int]:
+    """Stock generate() on one unpadded prompt, every token forced (EOS banned), as iter_token_ids' rows."""
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id)
+    return out[0, ids.shape[1]:].tolist()
 
-    from sumtune.generation import matmul_decode_supported
+
+def tiny_causal_lm(family: str, vocab_size: int, eos: int):
+    """Random-weight tiny models with grouped key/value heads (4 query heads, 2 key/value heads; 1 for Qwen3, multi-
+    query). Windows of 8 tokens, far shorter than the prompts, so a sliding layer that saw its whole past would
+    give other tokens."""
+    import transformers as tf
+
     from sumtune.tiny import tiny_phi_config
 
+    shape = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=eos,
+                 eos_token_id=eos, pad_token_id=eos)
+    gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                 layer_types=["sliding_attention", "full_attention"])
+    build = {
+        "phi": lambda: tf.PhiForCausalLM(tiny_phi_config(vocab_size, num_key_value_heads=2, eos_token_id=eos,
+                                                         pad_token_id=eos)),
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**shape, tie_word_embeddings=True)),  # SmolLM2's layout
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**shape, sliding_window=8)),  # every layer sliding
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**shape, use_sliding_window=True, sliding_window=8,
+                                                            max_window_layers=1)),  # layer 0 full, layer 1 sliding
+        "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**shape | {"num_key_value_heads": 1}, head_dim=16)),
+        # final_logit_softcapping this small saturates tanh: many logits round to the cap, and greedy must keep the
+        # first of them as generate() does
+        "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**shape, **gemma, final_logit_softcapping=0.02)),
+        "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**shape, **gemma, attn_logit_softcapping=0.5,
+                                                               attn_implementation="eager")),
+    }[family]
     torch.manual_seed(0)
-    eos = tiny_tokenizer.eos_token_id
-    model = PhiForCausalLM(tiny_phi_config(len(tiny_tokenizer), num_key_value_heads=2, eos_token_id=eos,
-                                           pad_token_id=eos)).eval()
+    return build().eval()
+
+
+@pytest.mark.parametrize("family", ["phi", "llama", "mistral", "qwen2", "qwen3", "gemma3"])
+def test_grouped_key_value_models_decode_on_the_fast_path_as_stock_generate(family, tiny_tokenizer, monkeypatch):
+    """Grouped key/value heads, sliding-window layers, query/key norms: the matmul decoding attention (no SDPA call
+    in a decoding step) and the SDPA fallback give, over a padded batch, the greedy tokens of stock generate() one
+    row at a time."""
+    from sumtune.generation import matmul_decode_supported
+
+    model = tiny_causal_lm(family, len(tiny_tokenizer), tiny_tokenizer.eos_token_id)
+    assert matmul_decode_supported(model)
+    rows = prompts(5)  # different lengths: the batch is padded
+    stock = [stock_greedy(model, tiny_tokenizer, row, 6) for row in rows]
+    over_cache = []  # per SDPA call: keys beyond the queries (a decoding step; transformers may fold the groups
+    sdpa = torch.nn.functional.scaled_dot_product_attention  # into the query axis)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda query, key, *a, **kw:
+                        over_cache.append(key.shape[2] > query.shape[2]) or sdpa(query, key, *a, **kw))
+    for decode_attention in ("matmul", "sdpa"):
+        over_cache.clear()
+        out = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=8, min_new_tokens=6,
+                                  decode_attention=decode_attention))
+        assert [out[i] for i in range(len(rows))] == stock, decode_attention
+        assert over_cache and any(over_cache) == (decode_attention == "sdpa")
+
+
+def test_models_the_matmul_attention_does_not_cover_decode_with_sdpa(tiny_tokenizer):
+    """Attention logit softcapping (Gemma2) is outside the matmul path: its decoding steps run the model's own
+    attention with a mask per layer type (sliding and full), and give stock generate()'s greedy tokens."""
+    from sumtune.generation import matmul_decode_supported
+
+    model = tiny_causal_lm("gemma2", len(tiny_tokenizer), tiny_tokenizer.eos_token_id)
     assert not matmul_decode_supported(model)
     rows = prompts(4)
     out = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=4, min_new_tokens=6))
-    for i, prompt in enumerate(rows):
-        text = tiny_tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        ids = tiny_tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        stock = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=eos)
-        assert out[i] == stock[0, ids.shape[1]:].tolist()
+    assert [out[i] for i in range(len(rows))] == [stock_greedy(model, tiny_tokenizer, row, 6) for row in rows]
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "sliding_window"), [(4, 4, None), (8, 2, None), (6, 1, None),
+                                                                   (4, 2, 5)])
+def test_decode_attention_equals_masked_sdpa(heads, kv_heads, sliding_window):
+    """One decoding step with grouped key/value heads over a cache where row r has written slots 0..position[r]
+    equals float32 SDPA over the whole buffer with each key/value head repeated for its query heads and a padding
+    (and sliding-window) mask."""
+    from sumtune.generation import decode_attention_forward
+
+    generator = torch.Generator().manual_seed(0)
+    rows, slots, dim = 5, 23, 16
+    position = torch.tensor([22, 0, 9, 4, 15])
+    keys, values = (torch.randn(rows, kv_heads, slots, dim, generator=generator) for _ in range(2))
+    query = torch.randn(rows, heads, 1, dim, generator=generator)
+    out, _ = decode_attention_forward(None, query, keys, values, None, scaling=0.3, decode_position=position,
+                                      sliding_window=sliding_window)
+    slot = torch.arange(slots)
+    visible = slot <= position[:, None]
+    if sliding_window is not None:
+        visible &= slot > position[:, None] - sliding_window
+    repeat = heads // kv_heads  # query head h reads key/value head h // repeat
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, keys.repeat_interleave(repeat, 1), values.repeat_interleave(repeat, 1),
+        attn_mask=visible[:, None, None, :], scale=0.3)
+    assert out.shape == (rows, 1, heads, dim)
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
+    if sliding_window is not None:  # the window hides slots a plain padding mask shows
+        full, _ = decode_attention_forward(None, query, keys, values, None, scaling=0.3, decode_position=position)
+        assert (full - out).abs().max() > 0.1

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.phi.modeling_phi import eager_attention_forward
@@ -53,7 +53,7 @@ DECODE_ATTENTION = ("matmul", "sdpa")
 
 
 def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """query @ keys^T for (batch, 1, dim) x (batch, dim, slots), in float32 (as SDPA's kernels keep their scores).
+    """query @ keys for (batch, groups, dim) x (batch, dim, slots), in float32 (as SDPA's kernels keep their scores).
     On a GPU half-precision inputs are read as they are (bmm's out_dtype gives float32 products); elsewhere they are
     converted first (a CPU is never the fast path)."""
     if query.dtype == torch.float32:
@@ -63,16 +63,26 @@ def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.bmm(query.float(), keys.float())
 
 
+# Attention classes whose forward hands decode_attention_forward everything it must know: rotary applied, the
+# SlotCache's keys, `scaling`, and for sliding layers `sliding_window`. A class outside this set could pass more
+# (attention sinks, softcapping, ALiBi) that the matmul path would silently drop.
+MATMUL_DECODE_ATTENTION = frozenset({"PhiAttention", "LlamaAttention", "MistralAttention", "Qwen2Attention",
+                                     "Qwen3Attention", "Gemma3Attention"})
+LAYER_TYPES = ("full_attention", "sliding_attention")  # what the loop's masks and SlotCache can express
+
+
 def matmul_decode_supported(model) -> bool:
-    """decode_attention_forward covers plain multi-head attention (Phi-2's): as many key/value heads as query heads,
-    no sliding window or logit softcapping; on a GPU in half precision it needs bmm's out_dtype (PyTorch >= 2.8).
-    Other models decode with SDPA and a mask."""
+    """decode_attention_forward covers the attention classes in MATMUL_DECODE_ATTENTION (multi-head, grouped or
+    multi-query key/value heads, full or sliding-window layers) without logit softcapping or bidirectional
+    attention; on a GPU in half precision it needs bmm's out_dtype (PyTorch >= 2.8). Other models decode with SDPA
+    and a mask."""
     config, parameter = model.config, next(model.parameters())
-    plain = (getattr(config, "num_key_value_heads", None) in (None, config.num_attention_heads)
-             and getattr(config, "sliding_window", None) is None
-             and getattr(config, "attn_logit_softcapping", None) is None)
+    attention = {type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Attention")}
+    covered = (bool(attention) and attention <= MATMUL_DECODE_ATTENTION
+               and getattr(config, "attn_logit_softcapping", None) is None
+               and not getattr(config, "use_bidirectional_attention", False))
     half_on_gpu = parameter.is_cuda and parameter.dtype != torch.float32
-    return plain and (not half_on_gpu or _bmm_has_out_dtype())
+    return covered and (not half_on_gpu or _bmm_has_out_dtype())
 
 
 @functools.cache
@@ -86,30 +96,84 @@ def _bmm_has_out_dtype() -> bool:
     return True
 
 
+def _hidden_slots(slots: int, position: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """(rows, slots), True where row r must not look: slots after its position and, on a sliding-window layer,
+    slots `sliding_window` or more behind it (transformers' `kv_idx > q_idx - sliding_window`)."""
+    slot = torch.arange(slots, device=position.device)
+    hidden = slot > position[:, None]
+    if sliding_window is not None:
+        hidden |= slot <= position[:, None] - sliding_window
+    return hidden
+
+
 def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                             decode_position=None, **kwargs):
+                             decode_position=None, sliding_window=None, **kwargs):
     """SDPA, except for greedy_batch's one-token decoding steps over its SlotCache.
 
     SDPA has no fast kernel for one query over a padded cache: with a mask it takes the memory-efficient kernel (cuDNN's
     is fast but not reproducible, see REPRODUCIBLE_ATTENTION). `decode_position` (rows,): row r attends to cache slots
-    0..position[r]; two batched matrix products read each row's keys and values once, softmax in float32 between them
-    (transformers' eager attention, with float32 scores). Flash attention's varlen kernel over the same cache (each
-    row's unwritten slots a query-less sequence) was measured no faster (its 128-query tiles hold one query here)
-    and dropped (bench/results/generate_throughput.md). Registered with transformers' AttentionInterface below;
-    greedy_batch selects it for its decoding steps only.
+    0..position[r] (the last `sliding_window` of them on a sliding layer); two batched matrix products read each
+    row's keys and values once, softmax in float32 between them (transformers' eager attention, with float32 scores).
+    With grouped key/value heads the query is viewed as (rows, kv heads, queries per kv head, dim) against the
+    cache's (rows, kv heads, slots, dim): each key/value head is read once for its group and never repeated in
+    memory (query head h belongs to kv head h // groups, as transformers' repeat_kv orders them).
+    Flash attention's varlen kernel over the same cache (each row's unwritten slots a query-less sequence) was
+    measured no faster (its 128-query tiles hold one query here) and dropped (bench/results/generate_throughput.md).
+    Registered with transformers' AttentionInterface below; greedy_batch selects it for its decoding steps only.
     """
     if query.shape[2] != 1 or decode_position is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+                                      sliding_window=sliding_window, **kwargs)
     rows, heads, _, dim = query.shape
-    slots = key.shape[2]
+    kv_heads, slots = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
     scaling = dim**-0.5 if scaling is None else scaling
-    keys = key.reshape(rows * heads, slots, dim)  # views: the cache is (rows, heads, slots, dim)
-    scores = _scores(query.reshape(rows * heads, 1, dim), keys.transpose(1, 2)).view(rows, heads, slots) * scaling
-    unwritten = torch.arange(slots, device=query.device) > decode_position[:, None]
-    weights = torch.softmax(scores.masked_fill_(unwritten[:, None, :], float("-inf")), dim=-1).to(value.dtype)
-    out = torch.bmm(weights.view(rows * heads, 1, slots), value.reshape(rows * heads, slots, dim))
+    keys = key.reshape(rows * kv_heads, slots, dim)  # views: the cache is (rows, kv heads, slots, dim)
+    scores = _scores(query.reshape(rows * kv_heads, groups, dim), keys.transpose(1, 2)) * scaling
+    hidden = _hidden_slots(slots, decode_position, sliding_window)
+    scores = scores.view(rows, kv_heads, groups, slots).masked_fill_(hidden[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.bmm(weights.view(rows * kv_heads, groups, slots), value.reshape(rows * kv_heads, slots, dim))
     return out.view(rows, heads, 1, dim).transpose(1, 2), None  # (rows, 1 query, heads, dim), as transformers expects
+
+
+def _layer_types(config) -> list[str]:
+    """Each layer's attention kind; configs without `layer_types` (Llama, Mistral) use one kind for every layer."""
+    if layer_types := getattr(config, "layer_types", None):
+        return list(layer_types)
+    sliding = getattr(config, "sliding_window", None) is not None
+    return ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
+
+
+def decode_masks(config, slots: int, position: torch.Tensor, dtype: torch.dtype):
+    """4D masks for a decoding step through the model's own attention: each row sees its slots 0..position, on
+    sliding-window layers only the last `sliding_window` of them. Boolean for SDPA; additive (0 or the dtype's
+    minimum, as transformers' eager_mask) for eager attention, which adds the mask to its scores. A prepared 4D mask
+    reaches every layer unchanged, so a model with both kinds of layers gets a dict by layer type, which the models
+    that have both (Gemma2/3, Qwen2/3) accept."""
+    implementation = config._attn_implementation
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"Decoding outside the matmul path needs attn_implementation 'sdpa' or 'eager' (a 4D mask), "
+                         f"not {implementation!r}")
+    masks = {}
+    for kind in dict.fromkeys(_layer_types(config)):
+        window = config.sliding_window if kind == "sliding_attention" else None
+        visible = ~_hidden_slots(slots, position, window)[:, None, None, :]
+        if implementation == "eager":
+            visible = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(
+                ~visible, torch.finfo(dtype).min)
+        masks[kind] = visible
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+def next_token_logits(causal_lm, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head's logits in float32, capped as the model's own forward caps them (Gemma's
+    final_logit_softcapping, in the model's dtype: tanh can round two logits to one value, and greedy then keeps
+    the first, as generate() does)."""
+    logits = causal_lm.lm_head(hidden)
+    if cap := getattr(causal_lm.config, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
 
 
 SLOT_DECODE = "sumtune_slot_decode"
@@ -241,7 +305,8 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
 
     Same decisions as `generate(do_sample=False)` on each row alone: EOS is banned for the first `min_new_tokens`
     steps, and the loop ends once every row has emitted EOS. `decode_attention` (see decode_attention_forward):
-    "matmul" or "sdpa" (SDPA with a padding mask, as transformers decodes).
+    "matmul" (models outside matmul_decode_supported fall back to "sdpa") or "sdpa": the model's own attention
+    (SDPA, or eager where the model was loaded so) with a mask per layer type (decode_masks), as transformers decodes.
     `cuda_graph` (CUDA only): capture one decoding step as a CUDA graph per batch and replay it, so the host no
     longer launches each step's ~1,000 kernels one by one. `fuse_rotary`: Phi attention rotates q and k in place
     (phi_attention_forward) instead of concatenating copies; bitwise the same results.
@@ -256,6 +321,9 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     if decode_attention not in DECODE_ATTENTION:
         raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay
+    if unknown := set(_layer_types(causal_lm.config)) - set(LAYER_TYPES):
+        raise ValueError(f"greedy_batch decodes {LAYER_TYPES} layers, not {sorted(unknown)}: pass a generate() "
+                         "option (e.g. use_cache=True) to iter_token_ids to decode through model.generate()")
     if decode_attention == "matmul" and not matmul_decode_supported(causal_lm):
         decode_attention = "sdpa"
     rows, prompt_len = input_ids.shape
@@ -266,10 +334,12 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     # attention (any padding mask forces its slower memory-efficient kernel). Pads compute values nothing reads:
     # their cache slots are overwritten by the row's new tokens before any step reads them, and each row's first
     # token comes from its last real position.
+    # The prefill's cache keeps every layer's keys: the model's own would keep only the last window of a
+    # sliding-window layer, counted from the padded end, and SlotCache needs slot = position for every layer.
     with torch.profiler.record_function("sumtune.prefill"):
-        prefill = causal_lm.model(input_ids=input_ids, use_cache=True)
+        prefill = causal_lm.model(input_ids=input_ids, past_key_values=DynamicCache(), use_cache=True)
     last = prefill.last_hidden_state[torch.arange(rows, device=device), lengths - 1]
-    logits = causal_lm.lm_head(last).float()
+    logits = next_token_logits(causal_lm, last)
     cache = SlotCache(prefill.past_key_values, length)
     del prefill
 
@@ -279,7 +349,6 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being chosen
     position = lengths[:, None].clone() - 1  # position (= cache slot) of the token fed in; moved before each step
     cache.slots = position[:, 0]
-    slot_index = torch.arange(length, device=device)
 
     def choose(logits):
         logits[:, eos] = torch.where(step[0] < min_new_tokens, float("-inf"), logits[:, eos])
@@ -295,10 +364,10 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
         if decode_attention == "matmul":
             extra = {"decode_position": position[:, 0]}
         else:
-            mask = (slot_index <= position)[:, None, None, :]  # each row's slots 0..position
+            mask = decode_masks(causal_lm.config, length, position[:, 0], cache.keys[0].dtype)
         hidden = causal_lm.model(input_ids=token, attention_mask=mask, position_ids=position,
                                  past_key_values=cache, use_cache=True, **extra).last_hidden_state
-        choose(causal_lm.lm_head(hidden[:, -1]).float())
+        choose(next_token_logits(causal_lm, hidden[:, -1]))
 
     # Whether every row is done is read two steps late, from pinned memory: the host never waits for the step it has
     # just queued, so it can queue the next while the GPU works. At most one step runs after the last row's EOS (its
