@@ -8,6 +8,9 @@ ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
 OUTPUT_DIR ?= outputs/phi-2-xsum-qlora
 # Extra train.py flags, e.g. TRAIN_ARGS="--compile_decoder_layers true --max_train_samples 20000"
 TRAIN_ARGS ?=
+# A stage run again with the same settings reuses its finished output; OVERWRITE=1 makes every stage replace it.
+OVERWRITE ?=
+OVERWRITE_ARGS := $(if $(filter 1 true yes,$(OVERWRITE)),--overwrite_output_dir true)
 # The CPU build of torch from this machine's local index; on a GPU box use `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 
@@ -21,7 +24,7 @@ DEMO_DIR := outputs/demo
 DEMO_RECIPE := recipes/tiny/demo.yaml
 DEMO_RUN := $(DEMO_DIR)/run
 
-.PHONY: install data train merge eval all demo test test-gpu tensorboard lint clean
+.PHONY: install data train merge eval report all demo test test-gpu tensorboard lint clean
 
 install: $(STAMP)
 
@@ -33,24 +36,34 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	touch $(STAMP)
 
 data: $(STAMP)
-	$(PYTHON) prepare_data.py --config $(RECIPE) --output_dir $(OUTPUT_DIR)
+	$(PYTHON) prepare_data.py --config $(RECIPE) --output_dir $(OUTPUT_DIR) $(OVERWRITE_ARGS)
 
 train: $(STAMP)
 	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) train.py --config $(RECIPE) \
-		--output_dir $(OUTPUT_DIR) --dataset_name $(OUTPUT_DIR)/data $(TRAIN_ARGS)
+		--output_dir $(OUTPUT_DIR) --dataset_name $(OUTPUT_DIR)/data $(OVERWRITE_ARGS) $(TRAIN_ARGS)
 
 merge: $(STAMP)
-	$(PYTHON) merge.py --config $(RECIPE) --adapter_path $(OUTPUT_DIR)/adapter --output_dir $(OUTPUT_DIR)/merged
+	$(PYTHON) merge.py --config $(RECIPE) --adapter_path $(OUTPUT_DIR)/adapter --output_dir $(OUTPUT_DIR)/merged \
+		$(OVERWRITE_ARGS)
+
+# The fine-tuned model, the recipe's base model zero-shot (loaded as for training, 4-bit if the recipe says so), and
+# lead-1 (the article's first sentence).
+EVALS = finetuned=$(OUTPUT_DIR)/eval/merged base=$(OUTPUT_DIR)/eval/base lead=$(OUTPUT_DIR)/eval/lead
 
 eval: $(STAMP)
 	$(PYTHON) evaluate.py --config $(RECIPE) --model_name_or_path $(OUTPUT_DIR)/merged --load_in_4bit false \
-		--dataset_name $(OUTPUT_DIR)/data --output_dir $(OUTPUT_DIR)/eval/merged
+		--dataset_name $(OUTPUT_DIR)/data --output_dir $(OUTPUT_DIR)/eval/merged $(OVERWRITE_ARGS)
+	$(PYTHON) evaluate.py --config $(RECIPE) --dataset_name $(OUTPUT_DIR)/data --output_dir $(OUTPUT_DIR)/eval/base \
+		$(OVERWRITE_ARGS)
 	$(PYTHON) evaluate.py --config $(RECIPE) --baseline lead --dataset_name $(OUTPUT_DIR)/data \
-		--output_dir $(OUTPUT_DIR)/eval/lead
-	$(PYTHON) scripts/compare.py merged=$(OUTPUT_DIR)/eval/merged lead=$(OUTPUT_DIR)/eval/lead \
-		--output $(OUTPUT_DIR)/metrics.json
+		--output_dir $(OUTPUT_DIR)/eval/lead $(OVERWRITE_ARGS)
+	$(PYTHON) scripts/compare.py $(EVALS) --output $(OUTPUT_DIR)/metrics.json
 
-all: data train merge eval
+# OUTPUT_DIR/report/: report.md with plots; also puts the scores into the adapter's and merged model's cards.
+report: $(STAMP)
+	$(PYTHON) report.py --run_dir $(OUTPUT_DIR) $(EVALS)
+
+all: data train merge eval report
 
 # The same chain on a tiny random-weight Phi model, offline, on the CPU (a few minutes on 2 cores).
 demo: $(STAMP)
@@ -66,6 +79,8 @@ demo: $(STAMP)
 		--dataset_name $(DEMO_RUN)/data --output_dir $(DEMO_DIR)/eval/lead
 	$(PYTHON) scripts/compare.py base=$(DEMO_DIR)/eval/base finetuned=$(DEMO_DIR)/eval/finetuned \
 		lead=$(DEMO_DIR)/eval/lead --output $(DEMO_DIR)/metrics.json
+	HF_HUB_OFFLINE=1 $(PYTHON) report.py --run_dir $(DEMO_RUN) --output_dir $(DEMO_DIR)/report \
+		finetuned=$(DEMO_DIR)/eval/finetuned base=$(DEMO_DIR)/eval/base lead=$(DEMO_DIR)/eval/lead
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q

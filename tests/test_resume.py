@@ -63,12 +63,15 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
     assert manifest["resumed_from"] and manifest["dataset_fingerprint"] and manifest["prompt_hash"]
 
 
-def test_finished_training_is_not_silently_redone(tiny_model_dir, tmp_path):
+def test_finished_training_is_reused_not_redone(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data")
     args = ["--dataset_name", data, "--output_dir", tmp_path / "run", "--max_steps", "2", "--save_strategy", "no"]
     assert run_script("train.py", tiny_model_dir, *args).returncode == 0
     again = run_script("train.py", tiny_model_dir, *args)
-    assert again.returncode == 2 and "already holds a finished adapter" in again.stderr
+    assert again.returncode == 0 and "reusing it" in again.stderr and "Global batch" not in again.stderr
+    changed = run_script("train.py", tiny_model_dir, *args, "--learning_rate", "1e-3")
+    assert changed.returncode == 2 and "learning_rate" in changed.stderr
+    assert "--overwrite_output_dir true" in changed.stderr
 
 
 def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):

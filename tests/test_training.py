@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from conftest import ROOT
 
@@ -279,3 +280,28 @@ def test_layer_norm_runs_in_its_input_dtype_with_autocast_off(monkeypatch):
     torch.testing.assert_close(out.float(), exact, rtol=2e-2, atol=2e-2)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, before)  # same function as before the switch
+
+
+
+def test_finished_adapter_is_reused_refused_or_replaced(tiny_model_dir, data_dir, tmp_path, in_repo, monkeypatch):
+    from sumtune import training
+    from sumtune.config import ConfigError
+
+    def run(*extra):
+        data_args, eval_args, training_args, model_args = recipe_args(tiny_model_dir, data_dir, tmp_path / "run",
+                                                                      "--save_strategy", "steps", "--save_steps", "3",
+                                                                      *extra)
+        return train(data_args, training_args, model_args, eval_args)
+
+    adapter = run()
+    assert (tmp_path / "run" / "checkpoint-3").is_dir()
+    first = json.loads((adapter / "manifest.json").read_text())
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "build_trainer", lambda *args, **kwargs: pytest.fail("trained again"))
+        assert run() == adapter  # the same settings: reused
+        with pytest.raises(ConfigError, match=r"learning_rate: 0\.01 -> 0\.02.*--overwrite_output_dir true"):
+            run("--learning_rate", "2e-2")
+    assert run("--learning_rate", "2e-2", "--overwrite_output_dir", "true") == adapter
+    replaced = json.loads((adapter / "manifest.json").read_text())
+    assert replaced["config"]["training"]["learning_rate"] == 2e-2 and replaced["created"] >= first["created"]
+    assert replaced["resumed_from"] is None  # the replaced run's checkpoint-3 was removed, not resumed

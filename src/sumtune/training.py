@@ -27,7 +27,8 @@ from .data import (
     save_prepared,
     subsample,
 )
-from .manifest import publish_dir, redact, tmp_dir_for, write_atomic, write_manifest
+from .manifest import publish_dir, read_manifest, redact, tmp_dir_for, write_atomic, write_manifest
+from .modelcard import write_model_card
 from .modeling import (
     causal_attention_for_right_padded_training,
     checkpoint_every_n_layers,
@@ -193,6 +194,9 @@ class GuardedSFTTrainer(SFTTrainer):
         super().__init__(*args, callbacks=[guard], **kwargs)
         self.guard = guard
 
+    def create_model_card(self, *args, **kwargs):
+        """TRL writes a boilerplate card to output_dir at every checkpoint; ours is written beside the adapter."""
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.observe(loss)
@@ -305,21 +309,54 @@ def run_config(data_args: DataArguments, training_args: SFTConfig, model_args: M
     })
 
 
+def changed_settings(saved: dict, config: dict) -> list[str]:
+    """`key: old -> new` for each RESUME_KEYS setting that differs between two run configs."""
+    def value(cfg, group, key):
+        return (cfg.get(group) or {}).get(key)
+
+    return [f"{key}: {value(saved, group, key)!r} -> {value(config, group, key)!r}"
+            for group, keys in RESUME_KEYS.items() for key in keys
+            if json.dumps(value(saved, group, key), default=str) != json.dumps(value(config, group, key), default=str)]
+
+
 def _check_resume_config(saved_path: Path, config: dict, checkpoint: Path) -> None:
     try:
         saved = json.loads(saved_path.read_text())
     except (OSError, json.JSONDecodeError):
         return  # a checkpoint from before this file existed: nothing to compare against
-    changed = [f"{key}: {saved[group].get(key)!r} -> {config[group].get(key)!r}"
-               for group, keys in RESUME_KEYS.items() for key in keys
-               if json.dumps(saved[group].get(key), default=str) != json.dumps(config[group].get(key), default=str)]
+    changed = changed_settings(saved, config)
     if changed:
         raise ConfigError(f"{checkpoint} was made with other settings ({'; '.join(changed)}): re-run with the "
-                          "same recipe and flags to resume it, or pass a new --output_dir to start over.")
+                          "same recipe and flags to resume it, pass a new --output_dir to start over, or "
+                          "--overwrite_output_dir true to train again in this one.")
 
 
-def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> Path | None:
-    """Everything that can be checked before a model is loaded; returns the checkpoint to resume from, if any."""
+def finished_adapter(adapter_dir: Path, config: dict, data_path: Path) -> bool:
+    """True when `adapter_dir` holds a finished adapter trained with these settings on this data (a re-run then
+    reuses it); a finished adapter from other settings or data is an error naming what changed."""
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        return False
+    try:
+        saved = json.loads((adapter_dir / RUN_CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        saved = {}  # no record of its settings: every key counts as changed
+    changed = changed_settings(saved, config)
+    fingerprint = (read_manifest(adapter_dir) or {}).get("dataset_fingerprint")
+    if is_prepared(data_path) and fingerprint:
+        now = prepared_stats(data_path).get("train", {}).get("fingerprint")
+        if now != fingerprint:
+            changed.append(f"training rows in {data_path}: fingerprint {fingerprint} -> {now}")
+    if changed:
+        raise ConfigError(f"{adapter_dir} already holds an adapter trained with other settings "
+                          f"({'; '.join(changed)}): pass --overwrite_output_dir true to train again in this folder, "
+                          "or a new --output_dir.")
+    return True
+
+
+def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig,
+              overwrite: bool = False) -> Path | None:
+    """Everything that can be checked before a model is loaded; returns the checkpoint to resume from, if any (none
+    with `overwrite`: the run starts over)."""
     output_dir = Path(training_args.output_dir)
     check_precision(training_args, model_args, training=True)
     check_process_group(training_args.world_size, "train alone on its own copy of the data", "train.py")
@@ -332,9 +369,6 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         if layers is not None and training_args.uncheckpointed_layers > layers:
             raise ConfigError(f"`uncheckpointed_layers` ({training_args.uncheckpointed_layers}) is more than the "
                               f"model's {layers} decoder layers: set it to at most {layers}.")
-    if (output_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
-        raise ConfigError(f"{output_dir / ADAPTER_DIR} already holds a finished adapter: pass a new --output_dir, "
-                          "or delete that folder to train again.")
     if training_args.resume_from_checkpoint:
         raise ConfigError("Leave `resume_from_checkpoint` unset: train.py resumes from the last complete checkpoint "
                           "in --output_dir by itself.")
@@ -346,7 +380,7 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         logger.warning("save_steps (%s) is not a multiple of logging_steps (%s): after a resume the first logged "
                        "loss averages fewer steps than in an uninterrupted run.", training_args.save_steps,
                        training_args.logging_steps)
-    checkpoint = last_complete_checkpoint(output_dir)
+    checkpoint = None if overwrite else last_complete_checkpoint(output_dir)
     if checkpoint is not None:
         _check_resume_config(output_dir / RUN_CONFIG_FILE, run_config(data_args, training_args, model_args),
                              checkpoint)
@@ -361,9 +395,18 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
     adapter_dir = output_dir / ADAPTER_DIR
     template_path = training_args.chat_template_path
     config = run_config(data_args, training_args, model_args)
-    checkpoint = preflight(data_args, training_args, model_args)
+    overwrite = bool(eval_args and eval_args.overwrite_output_dir)
+    if not overwrite and finished_adapter(adapter_dir, config, prepared_path(data_args, training_args)):
+        logger.info("%s already holds an adapter trained with these settings: reusing it (--overwrite_output_dir "
+                    "true trains again).", adapter_dir)
+        return adapter_dir
+    checkpoint = preflight(data_args, training_args, model_args, overwrite)
     logger.info("Resolved config: %s", json.dumps(config, default=str))
     is_main = PartialState().is_main_process
+    if is_main and overwrite:
+        # The replaced run's checkpoints would be resumed by a later re-run and rotated with the new ones.
+        for stale in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(stale)
     if is_main and checkpoint is None:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(output_dir / RUN_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
@@ -390,6 +433,7 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
                        dataset=str(data_path), dataset_fingerprint=stats.get("train", {}).get("fingerprint"),
                        global_step=trainer.state.global_step, resumed_from=str(checkpoint) if checkpoint else None,
                        chat_template=trainer.processing_class.chat_template, instruction=instruction)
+        write_model_card(tmp, "adapter", published=adapter_dir)  # replaces the boilerplate card PEFT saved there
         publish_dir(tmp, adapter_dir)
     trainer.accelerator.wait_for_everyone()
     return adapter_dir
