@@ -12,7 +12,7 @@ from sumtune.training import train
 
 
 def main():
-    data_args, eval_args, training_args, model_args = parse_args()
+    data_args, eval_args, training_args, model_args = parse_args(script="train.py")
     adapter_dir = train(data_args, training_args, model_args, eval_args)
     if PartialState().is_main_process:
         print(f"Adapter saved to {adapter_dir}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 # Every torch.load (checkpoint optimizer, scheduler and RNG states included) may only read tensors, never pickled code.
@@ -17,6 +18,9 @@ def run(main: Callable[[], object]) -> None:
     """Run an entry point; a ConfigError becomes one `error:` line on stderr and exit code 2, a RunError (training
     diverged) or running out of memory one `error:` line and exit code 1."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # PEFT and TRL read the model's `is_gradient_checkpointing`, which transformers renamed and warns about at every
+    # read: nothing a user of these scripts can change.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     import torch
 
     try:

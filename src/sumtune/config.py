@@ -10,9 +10,11 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser
 from trl import ModelConfig, SFTConfig, TrlParser
@@ -86,7 +88,7 @@ class EvalArguments:
     cudnn_attention: bool = field(
         default=False,
         metadata={"help": "Generation: let the prompt's attention (prefill) use cuDNN. Not reproducible: when it also "
-                          "ran the decoding steps, a repeated run changed the greedy text of 38% of rows "
+                          "ran the decoding steps, a repeated run changed the greedy text of 38%% of rows "
                           "(bench/results/generate_throughput.md); off, repeats are identical."},
     )
     dequantize_4bit_base: bool = field(
@@ -113,7 +115,9 @@ class EvalArguments:
     )
     bootstrap_samples: int = field(default=1000, metadata={"help": "Resamples for the 95%% confidence intervals."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "merge.py, evaluate.py: replace an existing output made with other settings."}
+        default=False,
+        metadata={"help": "Replace the stage's existing output: without it a finished output made with the same "
+                          "settings is reused and one made with other settings is refused."},
     )
 
 
@@ -267,10 +271,33 @@ def _coerce_one(action: argparse.Action, key: str, value):
     return converted
 
 
-def _read_recipe(parser: HfArgumentParser, path: str) -> dict:
-    """The recipe as typed defaults: YAML errors, unknown keys and mistyped values become one ConfigError."""
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not None:
+                raise ConfigError(f"Recipe {self.name} sets `{key}` twice (lines {first} and {line}): keep one of "
+                                  "them (YAML would silently use the last).")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _read_recipe(parser: HfArgumentParser, path: str, script: str = "train.py") -> dict:
+    """The recipe as typed defaults: YAML errors, duplicate and unknown keys and mistyped values become one
+    ConfigError."""
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as handle:  # a file stream gives the loader the path for its messages
+            config = yaml.load(handle, Loader=_RecipeLoader)  # noqa: S506  (a SafeLoader subclass)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -285,7 +312,7 @@ def _read_recipe(parser: HfArgumentParser, path: str) -> dict:
     unknown = [key for key in config if key not in actions or key in ("help", "config")]
     if unknown:
         raise ConfigError(f"Unknown key(s) in the recipe: {unknown}. Fix the spelling or remove them; "
-                          "`python train.py --help` lists every valid key.")
+                          f"`python {script} --help` lists every valid key.")
     problems, typed = [], {}
     for key, value in config.items():
         try:
@@ -297,15 +324,34 @@ def _read_recipe(parser: HfArgumentParser, path: str) -> dict:
     return typed
 
 
-def _argparse_error(message: str):
-    raise ConfigError(f"{message}. Fix the command-line flag; `python train.py --help` lists every option.")
+def _argparse_error(script: str):
+    def error(message: str):
+        raise ConfigError(f"{message}. Fix the command-line flag; `python {script} --help` lists every option.")
+
+    return error
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, EvalArguments, TrainArguments, ModelConfig]:
-    """Parse `--config recipe.yaml` plus CLI overrides into the four dataclasses; unknown keys are fatal."""
+def require_model(eval_args: EvalArguments, model_args: ModelConfig, script: str) -> None:
+    """Every entry point needs a model (its tokenizer, at least), except evaluate.py scoring a file or a baseline."""
+    if model_args.model_name_or_path or eval_args.predictions_file or eval_args.baseline:
+        return
+    scoring = ", or --baseline lead / --predictions_file FILE to score without one" if script == "evaluate.py" else ""
+    raise ConfigError(f"No model given: pass a recipe that names one (--config recipes/phi-2/qlora.yaml, or "
+                      f"{CPU_RECIPE} on a CPU) or --model_name_or_path{scoring}.")
+
+
+def parse_args(argv: list[str] | None = None, script: str | None = None,
+               ) -> tuple[DataArguments, EvalArguments, TrainArguments, ModelConfig]:
+    """Parse `--config recipe.yaml` plus CLI overrides into the four dataclasses; unknown keys are fatal.
+
+    `script` names the entry point parsing (its messages point to its `--help`); an entry point needs a model. Only
+    train.py (and a caller that names none) keeps the Trainer's own parse-time check that bf16 runs on this machine:
+    the other stages train nothing, so a bf16 recipe prepares data, merges or scores anywhere.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    name = script or "train.py"
     parser = TrlParser((DataArguments, EvalArguments, TrainArguments, ModelConfig))
-    parser.error = _argparse_error  # one `error:` line instead of argparse's usage dump
+    parser.error = _argparse_error(name)  # one `error:` line instead of argparse's usage dump
     # TRL defaults to bf16=True, which fails on CPUs and T4s before any recipe is read; precision is the recipe's
     # choice, so the project default is full precision and every GPU recipe sets fp16 or bf16 explicitly.
     parser.set_defaults_with_config(bf16=False)
@@ -314,10 +360,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, EvalArgume
         if index + 1 >= len(argv) or not Path(argv[index + 1]).is_file():
             path = argv[index + 1] if index + 1 < len(argv) else "(none)"
             raise ConfigError(f"Recipe file not found: {path}. Pass an existing YAML file to --config.")
-        parser.set_defaults_with_config(**_read_recipe(parser, argv[index + 1]))
+        parser.set_defaults_with_config(**_read_recipe(parser, argv[index + 1], name))
         del argv[index:index + 2]
     try:
-        data_args, eval_args, training_args, model_args = parser.parse_args_and_config(argv)
+        data_args, eval_args, training_args, model_args = _parse(parser, argv, training=name == "train.py")
     except ValueError as err:
         message = str(err)
         if "doesn't support bf16" in message:
@@ -325,9 +371,47 @@ def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, EvalArgume
                               f"(fp16); on a CPU set `bf16: false` (see {CPU_RECIPE}).") from None
         if message.startswith("Some specified arguments are not used"):
             flags = message.split(": ", 1)[1]
-            raise ConfigError(f"Unknown command-line argument(s) {flags}: fix the spelling; `python train.py --help` "
+            raise ConfigError(f"Unknown command-line argument(s) {flags}: fix the spelling; `python {name} --help` "
                               "lists every option.") from None
         raise ConfigError(message) from None
     _check(data_args, eval_args, training_args, model_args)
+    if script is not None:
+        require_model(eval_args, model_args, script)
+    if not torch.cuda.is_available():
+        # Pinned host memory only speeds copies to a GPU; without one torch warns on every DataLoader.
+        training_args.dataloader_pin_memory = False
     return data_args, eval_args, training_args, model_args
 
+
+def _parse(parser: TrlParser, argv: list[str], training: bool):
+    """TrlParser's parse. A stage that trains nothing passes the Trainer's bf16 hardware check by parsing in full
+    precision, then gets the recipe's bf16 settings back on the parsed arguments (its manifest records them)."""
+    with warnings.catch_warnings():
+        # TRL's documented `gradient_checkpointing` (TRL sets its default) is mirrored to `activation_checkpointing`
+        # by transformers, which warns about the old name on every parse.
+        warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
+        try:
+            return parser.parse_args_and_config(argv)
+        except ValueError as err:
+            if training or "doesn't support bf16" not in str(err):
+                raise
+        asked, _ = parser.parse_known_args(argv)
+        parsed = parser.parse_args_and_config([*argv, "--bf16", "false", "--bf16_full_eval", "false"])
+    parsed[2].bf16, parsed[2].bf16_full_eval = asked.bf16, asked.bf16_full_eval
+    return parsed
+
+
+def config_summary(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> str:
+    """The settings a person checks at the start of a run, on one line (the full config is saved with the run)."""
+    quantized = "4-bit" if model_args.load_in_4bit else "8-bit" if model_args.load_in_8bit else model_args.dtype
+    adapter = f", LoRA r={model_args.lora_r}" if model_args.use_peft else ", full fine-tune"
+    length = (f"{training_args.max_steps} steps" if training_args.max_steps > 0
+              else f"{training_args.num_train_epochs:g} epochs")
+    per_device = f"{training_args.per_device_train_batch_size} per device"
+    batch = (f"{training_args.global_batch_size} ({per_device})" if training_args.global_batch_size
+             else f"{per_device} x {training_args.gradient_accumulation_steps} accumulation")
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "full precision"
+    scheduler = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    return (f"model {model_args.model_name_or_path} ({quantized}{adapter}) | data {data_args.dataset_name} | "
+            f"{length} | lr {training_args.learning_rate:g} {scheduler} | batch {batch} | "
+            f"{precision} | output {training_args.output_dir}")

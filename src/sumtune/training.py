@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from .config import ConfigError, DataArguments, EvalArguments, RunError
+from .config import ConfigError, DataArguments, EvalArguments, RunError, config_summary
 from .data import (
     check_prepared_budget,
     is_prepared,
@@ -401,7 +401,7 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
                     "true trains again).", adapter_dir)
         return adapter_dir
     checkpoint = preflight(data_args, training_args, model_args, overwrite)
-    logger.info("Resolved config: %s", json.dumps(config, default=str))
+    logger.info("Config: %s (every setting: run_config.json)", config_summary(data_args, training_args, model_args))
     is_main = PartialState().is_main_process
     if is_main and overwrite:
         # The replaced run's checkpoints would be resumed by a later re-run and rotated with the new ones.

@@ -1,0 +1,100 @@
+"""The entry points' command line: `--help` of each script, the recipe parser's stage rules, the one-line config."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from conftest import ROOT
+from helpers_crash import ENV
+
+from sumtune.config import ConfigError, DataArguments, EvalArguments, TrainArguments, config_summary, parse_args
+
+SCRIPTS = ("train.py", "evaluate.py", "merge.py", "prepare_data.py", "summarize.py")
+
+
+@pytest.fixture(scope="module")
+def helps():
+    def run(script):
+        return script, subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=ENV, capture_output=True,
+                                      text=True, timeout=240)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, SCRIPTS))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_prints_usage_and_every_option(helps, script):
+    result = helps[script]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: {script}")
+    # Options from each of the four dataclasses, one of them with a percentage in its help text.
+    for flag in ("--dataset_name", "--cudnn_attention", "--global_batch_size", "--lora_r"):
+        assert flag in result.stdout, flag
+    assert "38% of rows" in " ".join(result.stdout.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_every_help_text_expands():
+    """argparse formats help texts with `%`: a bare one (`38% of rows`) crashes --help."""
+    from trl import ModelConfig, TrlParser
+
+    parser = TrlParser((DataArguments, EvalArguments, TrainArguments, ModelConfig))
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.help:
+            formatter._expand_help(action)
+
+
+def test_bf16_recipe_parses_for_stages_that_train_nothing(in_repo):
+    for script in ("prepare_data.py", "evaluate.py", "summarize.py"):
+        _, _, training_args, model_args = parse_args(["--config", "recipes/phi-2/qlora.yaml"], script=script)
+        assert training_args.bf16 and model_args.dtype == "bfloat16"  # the recipe's values, kept as given
+    if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        with pytest.raises(ConfigError, match="bf16 is set but this machine"):
+            parse_args(["--config", "recipes/phi-2/qlora.yaml"], script="train.py")
+
+
+def test_entry_points_need_a_model_unless_scoring_a_file_or_baseline():
+    with pytest.raises(ConfigError, match=r"No model given: pass a recipe .*--model_name_or_path\.$"):
+        parse_args([], script="train.py")
+    with pytest.raises(ConfigError, match="--baseline lead"):
+        parse_args([], script="evaluate.py")
+    parse_args(["--baseline", "lead"], script="evaluate.py")
+    parse_args([])  # library callers set the model later
+
+
+def test_messages_name_the_script_that_parses(tmp_path):
+    with pytest.raises(ConfigError, match=r"python evaluate.py --help"):
+        parse_args(["--no_such_flag", "1"], script="evaluate.py")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lora_rnak: 8\n")
+    with pytest.raises(ConfigError, match=r"python prepare_data.py --help"):
+        parse_args(["--config", str(recipe)], script="prepare_data.py")
+
+
+def test_duplicate_recipe_key_names_key_and_lines(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lora_r: 8\nlearning_rate: 1.0e-4\nlora_r: 16\n")
+    with pytest.raises(ConfigError, match=r"sets `lora_r` twice \(lines 1 and 3\)"):
+        parse_args(["--config", str(recipe)])
+    recipe.write_text("env:\n  A: 1\n  A: 2\n")
+    with pytest.raises(ConfigError, match="sets `A` twice"):
+        parse_args(["--config", str(recipe)])
+
+
+def test_config_summary_is_one_short_line(in_repo):
+    data_args, _, training_args, model_args = parse_args(["--config", "recipes/tiny/demo.yaml"])
+    line = config_summary(data_args, training_args, model_args)
+    assert "\n" not in line and len(line) < 300
+    for part in ("model outputs/demo/base-model (4-bit, LoRA r=16)", "data data/demo", "5 epochs", "lr 0.003 cosine",
+                 "batch 8 per device x 1 accumulation", "full precision", "output outputs/demo/run"):
+        assert part in line, (part, line)
+    _, _, training_args, model_args = parse_args(["--config", "recipes/tiny/demo.yaml", "--max_steps", "7"])
+    assert "7 steps" in config_summary(data_args, training_args, model_args)
+
+
+def test_no_pin_memory_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parse_args([])[2].dataloader_pin_memory is False
