@@ -1,14 +1,18 @@
-"""Summaries per second: stock `model.generate()` against sumtune.generation on a Phi-2-shaped random-weight model.
+"""Summaries per second: stock `model.generate()` against sumtune.generation on a Phi-2-shaped random-weight model,
+or on the model of `--model-config` (a folder with a config.json: random weights; with weights too: those).
 
 Prompts are XSum articles rendered with the project's chat template and cut to fit `--max-length` tokens
-(sumtune.data.fit_to_budget). Random weights never pick EOS, so every variant, stock and project, is forced to
-exactly `--new-tokens` tokens (min_new_tokens = max_new_tokens): the comparison is like for like.
+(sumtune.data.fit_to_budget). Every variant, stock and project, is forced to exactly `--new-tokens` tokens
+(min_new_tokens = max_new_tokens; random weights would never pick EOS anyway): the comparison is like for like.
 match_rate = share of rows whose greedy token ids equal stock batch-1 `generate()` on the same rows and the same
 model: the project variants run the model as evaluate.py loads it (fused tanh GELU, `sumtune.modeling.load_model`)
 and are matched against stock batch 1 on that model; `*_stock_act` runs the project loop on the stock model.
 
     python bench/generate_throughput.py --assets .device_assets/phi-2 \
         --data .device_assets/xsum_test_sample_500.jsonl --output $OUT/generate_throughput.jsonl
+    python bench/generate_throughput.py --model-config outputs/models/smollm2-135m --skip nf4 ...   # grouped k/v
+    python bench/generate_throughput.py --assets ../shared/phi-2 --data ../shared/data/xsum_test_sample_500.jsonl \
+        --tiny --rows 8 --batch1-rows 4 --output /tmp/g.jsonl [--model-config DIR]        # CPU smoke test
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import PhiConfig, PhiForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from sumtune.data import fit_to_budget
-from sumtune.generation import DECODE_ATTENTION, iter_token_ids
+from sumtune.generation import DECODE_ATTENTION, iter_token_ids, matmul_decode_supported
 from sumtune.modeling import FUSED_ACTIVATIONS, load_tokenizer
 from sumtune.prompts import read_text, render_prompt
 
@@ -36,6 +40,10 @@ GIB = 2**30
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--assets", default=".device_assets/phi-2", help="Folder with Phi-2's config.json and tokenizer.")
+    p.add_argument("--model-config",
+                   help="Folder with another model's config.json (e.g. a grouped key/value Llama): random weights from "
+                        "it, or its weights when the folder has safetensors; its tokenizer if it has one, else "
+                        "--assets' (the vocabulary then grows to the tokenizer's when that is larger).")
     p.add_argument("--data", default=".device_assets/xsum_test_sample_500.jsonl")
     p.add_argument("--output", required=True, help="JSONL file: one object per variant is appended.")
     p.add_argument("--rows", type=int, default=500)
@@ -90,19 +98,62 @@ def build_prompts(args, tokenizer) -> list[list[dict]]:
     return prompts * args.tile  # copies after the originals: stock batch-1 rows (the first ones) stay distinct
 
 
-def build_model(args, device: str, dtype: torch.dtype | None = None, fused_act: bool = False):
-    """Random weights (seed 0). `fused_act`: the activation `sumtune.modeling.load_model` gives the model that
-    evaluate.py runs (the same weights; stock scripts keep Phi-2's Python-op gelu_new)."""
-    config = PhiConfig.from_pretrained(args.assets)
-    if fused_act:
-        config.hidden_act = FUSED_ACTIVATIONS.get(config.hidden_act, config.hidden_act)
+def model_folder(args) -> Path:
+    return Path(args.model_config or args.assets)
+
+
+def has_weights(args) -> bool:
+    """A --model-config folder with safetensors is loaded with its weights (except --tiny, which shrinks it)."""
+    return args.model_config is not None and not args.tiny and any(model_folder(args).glob("*.safetensors"))
+
+
+def tokenizer_folder(args) -> str:
+    folder = model_folder(args)
+    return str(folder if any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json"))
+               else args.assets)
+
+
+def build_config(args, vocab_size: int):
+    config = AutoConfig.from_pretrained(model_folder(args))
+    if not has_weights(args) and config.vocab_size < vocab_size:  # token ids past the embedding would fail
+        config.vocab_size = vocab_size
     if args.tiny:
+        grouped = config.num_key_value_heads < config.num_attention_heads
         config.update(dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=4))
-    torch.manual_seed(0)
+                           num_key_value_heads=2 if grouped else 4))
+        if getattr(config, "head_dim", None) is not None:
+            config.head_dim = 16
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = config.layer_types[:2]
+    return config
+
+
+def build_model(args, device: str, dtype: torch.dtype | None = None, fused_act: bool = False):
+    """Random weights (seed 0), or the --model-config folder's. `fused_act`: the activation
+    `sumtune.modeling.load_model` gives the model that evaluate.py runs (the same weights; stock scripts keep
+    Phi-2's Python-op gelu_new)."""
+    config = build_config(args, args.vocab_size)
+    if fused_act and getattr(config, "hidden_act", None) in FUSED_ACTIVATIONS:
+        config.hidden_act = FUSED_ACTIVATIONS[config.hidden_act]
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    if has_weights(args):
+        return AutoModelForCausalLM.from_pretrained(model_folder(args), config=config, dtype=dtype,
+                                                    attn_implementation="sdpa", device_map={"": device}).eval()
+    torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU, not on the host's CPU (the slow part of a model build)
-        return PhiForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
+
+
+def describe_model(args, model) -> str:
+    config = model.config
+    if args.model_config is None:
+        shape = "Phi-2 config"
+    else:
+        shape = (f"{args.model_config}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+                 f"{config.num_attention_heads} heads / {config.num_key_value_heads} key/value heads, vocab "
+                 f"{config.vocab_size}")
+    weights = "its weights" if has_weights(args) else "random weights"
+    return f"{type(model).__name__}, {shape}, {weights}" + (" (tiny)" if args.tiny else "")
 
 
 def build_nf4_lora(model, device: str, folder: Path):
@@ -113,9 +164,10 @@ def build_nf4_lora(model, device: str, folder: Path):
     model.save_pretrained(folder)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
-    base = PhiForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
-                                          attn_implementation="sdpa", device_map={"": device})
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
+                                                attn_implementation="sdpa", device_map={"": device})
+    phi = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]  # Phi-2's linear layers, as the recipes name them
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=phi if base.config.model_type == "phi" else "all-linear",
                       init_lora_weights=False, task_type="CAUSAL_LM")
     torch.manual_seed(1)
     model = get_peft_model(base, lora).eval()
@@ -137,8 +189,10 @@ def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int,
     for start in range(0, len(prompts), batch_size):
         texts = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
         inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+        # The tokenizer's EOS, as the project path bans it (a model's generation config may name others)
         generated = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                   return_dict_in_generate=True,
                                    output_logits=margins is not None)
         for offset, ids in enumerate(generated.sequences[:, inputs["input_ids"].shape[1]:].tolist()):
             out[start + offset] = ids
@@ -178,7 +232,8 @@ def main():
         torch.use_deterministic_algorithms(True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     skip = set(filter(None, args.skip.split(",")))
-    tokenizer = load_tokenizer(args.assets, "prompts/chat_template.jinja", padding_side="left")
+    tokenizer = load_tokenizer(tokenizer_folder(args), "prompts/chat_template.jinja", padding_side="left")
+    args.vocab_size = len(tokenizer)
     prompts = build_prompts(args, tokenizer)
     prompt_tokens = [len(tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"])
                      for p in prompts]
@@ -192,9 +247,10 @@ def main():
     common = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "gpus": 1,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions,
-        "model": "PhiForCausalLM, Phi-2 config, random weights" + (" (tiny)" if args.tiny else ""),
+        "model": describe_model(args, model), "tokenizer": tokenizer_folder(args),
+        "matmul_decode": matmul_decode_supported(model),
         "attn_implementation": model.config._attn_implementation, "new_tokens": args.new_tokens,
-        "forced_length": "min_new_tokens = max_new_tokens (random weights never emit EOS)",
+        "forced_length": "min_new_tokens = max_new_tokens (random weights never emit EOS; real ones may not either)",
         "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
         "prompt_tokens_max": max(prompt_tokens), "tile": args.tile,
         "command": "python " + shlex.join(sys.argv),
