@@ -3,29 +3,38 @@
     python prepare_data.py --config recipes/phi-2/qlora.yaml   # writes OUTPUT_DIR/data
 """
 
-import json
 import logging
 from pathlib import Path
 
 from sumtune.cli import run
 from sumtune.config import parse_args
-from sumtune.data import prepare_datasets, save_prepared
+from sumtune.data import prepare_datasets, prepare_settings, reuse_prepared, save_prepared
+from sumtune.manifest import check_output_path
 from sumtune.modeling import load_tokenizer
+from sumtune.prompts import load_chat_template
 from sumtune.training import DATA_DIR
 
 logger = logging.getLogger("prepare_data")
 
 
 def main():
-    data_args, _, training_args, model_args = parse_args()
+    data_args, eval_args, training_args, model_args = parse_args(script="prepare_data.py")
+    check_output_path(training_args.output_dir)
+    target = Path(training_args.output_dir) / DATA_DIR
+    settings = prepare_settings(data_args, model_args.model_name_or_path,
+                                load_chat_template(training_args.chat_template_path), training_args.max_length,
+                                training_args.seed)
+    if reuse_prepared(target, settings, eval_args.overwrite_output_dir):
+        logger.info("%s already holds data prepared with these settings: reusing it (--overwrite_output_dir true "
+                    "prepares it again).", target)
+        print(f"Prepared data in {target} (reused)")
+        return
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
                                revision=model_args.model_revision)
     dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
                                       training_args.dataset_num_proc)
-    target = Path(training_args.output_dir) / DATA_DIR
     save_prepared(dataset, stats, target)
-    print(json.dumps(stats, indent=2))
-    print(f"Prepared data saved to {target}")
+    print(f"Prepared data saved to {target} (statistics in {target / 'stats.json'})")
 
 
 if __name__ == "__main__":

@@ -22,14 +22,28 @@ from sumtune.preflight import check_adapter, check_model_source
 from sumtune.prompts import read_text
 
 
-def main():
-    data_args, eval_args, training_args, model_args = parse_args()
-    if eval_args.input_file in (None, "-"):
-        article = sys.stdin.read()
-    elif Path(eval_args.input_file).is_file():
-        article = Path(eval_args.input_file).read_text(encoding="utf-8")
+def read_article(input_file: str | None) -> str:
+    """The article as text, from a file or stdin (unset or `-`)."""
+    if input_file in (None, "-"):
+        raw, source = sys.stdin.buffer.read(), "The input on stdin"
+    elif Path(input_file).is_file():
+        raw, source = Path(input_file).read_bytes(), input_file
     else:
-        raise ConfigError(f"Input file not found: {eval_args.input_file}. Pass a text file or pipe the article in.")
+        raise ConfigError(f"Input file not found: {input_file}. Pass a text file or pipe the article in.")
+    hint = "pass the article as a plain text file (a PDF or Word file must be converted to text first)."
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{source} is not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}): "
+                          f"{hint}") from None
+    if "\x00" in text:  # valid UTF-8 yet binary: text files hold no NUL bytes
+        raise ConfigError(f"{source} is a binary file (it holds NUL bytes): {hint}")
+    return text
+
+
+def main():
+    data_args, eval_args, training_args, model_args = parse_args(script="summarize.py")
+    article = read_article(eval_args.input_file)
     if not article.strip():
         raise ConfigError("The article is empty: pass a text file with --input_file or pipe one in.")
     check_model_source(model_args.model_name_or_path)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from sumtune.evaluation import METRICS_FILE, format_table
-from sumtune.metrics import ROUGE_TYPES
+from sumtune.metrics import ROUGE_TYPES, rounded
 
 
 def main():
@@ -24,16 +24,16 @@ def main():
         path = Path(folder) / METRICS_FILE
         if not path.is_file():
             raise SystemExit(f"error: {path} not found: run that evaluation first.")
-        metrics = json.loads(path.read_text())
+        metrics = rounded(json.loads(path.read_text()))
         table[name] = metrics
-        results[name] = {key: round(metrics[key], 2) for key in ROUGE_TYPES} | {"ci95": metrics["ci95"]}
+        results[name] = {key: metrics[key] for key in ROUGE_TYPES} | {"ci95": metrics["ci95"]}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, output)
     print(format_table(table))
-    print(f"written to {output}")
+    print(f"ROUGE F1 x 100 [95% interval]; written to {output}")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ The cases run as subprocesses, a few at a time (most stop before any model is lo
 """
 
 import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import make_rows, write_jsonl
-from helpers_crash import make_data, run_script
+from helpers_crash import ENV, ROOT, make_data, run_script
 
 # Files a stage writes last or only when done: none may exist after a failed run.
 COMPLETE_MARKERS = ("metrics.json", "predictions.jsonl", "stats.json", "adapter_model.safetensors",
@@ -65,6 +67,32 @@ def evaluate(tmp, *args):
 
 def merge(tmp, *args):
     return "merge.py", ["--output_dir", tmp / "out" / "merged", *args]
+
+
+def summarize(tmp, *args):
+    return "summarize.py", ["--load_in_4bit", "false", *args]
+
+
+def bare(script, tmp, *args):
+    """A script run as a newcomer types it: no recipe, no model (the other builders add the tiny ones)."""
+    return script, ["--output_dir", tmp / "out", *args], "bare"
+
+
+def a_file(tmp: Path) -> Path:
+    path = tmp / "taken"
+    path.write_text("a file where an output folder should go\n")
+    return path
+
+
+def predictions(tmp: Path, references: list[str]) -> Path:
+    return write_jsonl(tmp / "p.jsonl", [{"id": str(i), "prediction": "a summary", "reference": reference}
+                                         for i, reference in enumerate(references)])
+
+
+def binary(tmp: Path, data: bytes) -> Path:
+    path = tmp / "article.bin"
+    path.write_bytes(data)
+    return path
 
 
 # (id, builder(tmp, model_dir) -> (script, args), words the error line must contain)
@@ -130,6 +158,34 @@ CASES = [
      "no adapter_config.json"),
     ("adapter-for-another-base", lambda t, m: merge(t, "--adapter_path", adapter(t, "microsoft/phi-2")),
      "was trained on 'microsoft/phi-2'"),
+    ("summary-is-a-list", lambda t, m: prepare(t, "--dataset_name", data_folder(
+        t, train=[{**r, "summary": [r["summary"]]} for r in make_rows(6)])), "`summary` is a list, not a string"),
+    ("one-summary-is-a-list", lambda t, m: prepare(t, "--dataset_name", data_folder(
+        t, train=[{**r, "summary": [r["summary"]]} if i == 3 else r for i, r in enumerate(make_rows(6))])),
+     "row 4 (id 'row-3'): `summary` is a list"),
+    ("article-is-a-number", lambda t, m: prepare(t, "--dataset_name", data_folder(t, train=rows_with(document=7))),
+     "`document` is a number, not a string"),
+    ("prepare-output-dir-is-a-file", lambda t, m: prepare(t, "--dataset_name", data_folder(t), "--output_dir",
+                                                          a_file(t)), "is an existing file, not a folder"),
+    ("evaluate-output-dir-is-a-file", lambda t, m: evaluate(t, "--baseline", "lead", "--dataset_name",
+                                                            data_folder(t), "--output_dir", a_file(t) / "lead"),
+     "cannot be made: "),
+    ("single-file-of-five-rows", lambda t, m: prepare(t, "--dataset_name", write_jsonl(t / "five.jsonl",
+                                                                                       make_rows(5))),
+     "has 5 usable rows; carving train, validation and test splits from one file needs at least 11"),
+    ("train-without-recipe-or-model", lambda t, m: bare("train.py", t), "No model given: pass a recipe"),
+    ("evaluate-without-recipe-or-model", lambda t, m: bare("evaluate.py", t), "--model_name_or_path, or --baseline"),
+    ("summarize-without-recipe-or-model", lambda t, m: bare("summarize.py", t), "No model given: pass a recipe"),
+    ("summarize-binary-file", lambda t, m: summarize(t, "--input_file", binary(t, b"\x89PNG\r\n\x1a\n\xff\x00")),
+     "is not UTF-8 text"),
+    ("summarize-nul-bytes", lambda t, m: summarize(t, "--input_file", binary(t, b"text\x00\x00\x00")),
+     "is a binary file"),
+    ("all-references-empty", lambda t, m: evaluate(t, "--predictions_file", predictions(t, ["", " ", ""])),
+     "Every reference in"),
+    ("some-references-empty", lambda t, m: evaluate(t, "--predictions_file", predictions(
+        t, ["A cat was rescued.", "", "Roads flooded.", " "])), "2 of 4 rows"),
+    ("recipe-key-given-twice", lambda t, m: train(t, "--config", recipe(t, "lora_r: 8")),
+     "sets `lora_r` twice"),
 ]
 
 
@@ -153,8 +209,13 @@ def results(tiny_model_dir, tmp_path_factory, in_repo_module):
     def run(case):
         name, build, _ = case
         tmp = tmp_path_factory.mktemp(name)
-        script, args = build(tmp, tiny_model_dir)
-        return name, (run_script(script, tiny_model_dir, *args, timeout=240), tmp)
+        script, args, *how = build(tmp, tiny_model_dir)
+        if how:
+            result = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
+                                    text=True, timeout=240, stdin=subprocess.DEVNULL)
+        else:
+            result = run_script(script, tiny_model_dir, *args, timeout=240)
+        return name, (result, tmp)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(pool.map(run, CASES))

@@ -1,16 +1,22 @@
 """Data preparation: cleaning, the token budget, seeded subsampling, local formats, saved splits."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from conftest import ROOT, make_rows, write_jsonl
+from helpers_crash import ENV
 
 from sumtune.config import ConfigError, DataArguments
 from sumtune.data import (
+    MIN_SINGLE_FILE_ROWS,
+    describe_split,
     fit_to_budget,
     is_prepared,
     load_prepared,
     prepare_datasets,
+    prepare_split,
     save_prepared,
     standardize,
     subsample,
@@ -120,3 +126,68 @@ def test_prepared_data_for_another_max_length_is_refused(data_dir, tiny_tokenize
     check_prepared_budget(tmp_path / "prepared", 256)
     with pytest.raises(ConfigError, match="prepared for max_length=256, not 128"):
         check_prepared_budget(tmp_path / "prepared", 128)
+
+
+def test_non_string_article_or_summary_names_row_and_type(tmp_path):
+    from sumtune.data import load_raw_split
+
+    path = write_jsonl(tmp_path / "train.jsonl", [{**r, "document": ["a", "b"]} for r in make_rows(3)])
+    with pytest.raises(ConfigError, match=r"row 1 \(id 'row-0'\): `document` is a list, not a string"):
+        standardize(load_raw_split(args_for(path), "train"), args_for(path), "train")
+
+
+@pytest.mark.parametrize("rows", [MIN_SINGLE_FILE_ROWS - 1, MIN_SINGLE_FILE_ROWS])
+def test_single_file_needs_enough_rows_for_three_splits(tmp_path, tiny_tokenizer, rows):
+    path = write_jsonl(tmp_path / "all.jsonl", make_rows(rows))
+    if rows < MIN_SINGLE_FILE_ROWS:
+        with pytest.raises(ConfigError, match=f"has {rows} usable rows; .* needs at least {MIN_SINGLE_FILE_ROWS}"):
+            prepare_datasets(args_for(path), tiny_tokenizer, 256, seed=0)
+        return
+    dataset, _ = prepare_datasets(args_for(path), tiny_tokenizer, 256, seed=0)
+    assert {name: len(split) for name, split in dataset.items()} == {"train": rows - 2, "validation": 1, "test": 1}
+
+
+def test_small_maps_draw_no_progress_bars(data_dir, tiny_tokenizer, tmp_path, capfd):
+    dataset, stats = prepare_datasets(args_for(data_dir), tiny_tokenizer, 256, seed=0)
+    save_prepared(dataset, stats, tmp_path / "prepared")
+    err = capfd.readouterr().err
+    assert "Fitting articles" not in err and "Filter" not in err and "Saving the dataset" not in err
+    import datasets
+
+    assert datasets.is_progress_bar_enabled()  # switched off for the small work only
+
+
+def test_split_statistics_read_as_one_line(data_dir, tiny_tokenizer):
+    from sumtune.data import load_raw_split
+
+    ds, counts = standardize(load_raw_split(args_for(data_dir), "train"), args_for(data_dir), "train")
+    _, stats = prepare_split(ds.select(range(10)), tiny_tokenizer, INSTRUCTION, 256)
+    line = describe_split(counts | stats)
+    assert line.startswith("10 rows kept of 16 (a seeded sample of 10), 0 articles cut to fit; tokens p50 ")
+
+
+def prepare(*argv):
+    return subprocess.run([sys.executable, "prepare_data.py", "--dataset_num_proc", "1", *map(str, argv)], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_runs_a_bf16_recipe_on_any_machine_and_reuses_its_output(tiny_model_dir, data_dir, tmp_path):
+    """The default recipe (bf16) prepares data on a CPU; the same command again reuses the folder, other settings
+    are refused naming them, and --overwrite_output_dir true prepares anew."""
+    common = ["--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", tiny_model_dir, "--dataset_name",
+              data_dir, "--output_dir", tmp_path / "run"]
+    first = prepare(*common)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Prepared data saved to" in first.stdout and "Traceback" not in first.stderr
+    assert first.stdout.count("\n") == 1 and "FutureWarning" not in first.stderr  # one line out, no noise
+    stats = (tmp_path / "run" / "data" / "stats.json").read_text()
+    again = prepare(*common)
+    assert again.returncode == 0 and "(reused)" in again.stdout, again.stderr[-2000:]
+    assert "reusing it" in again.stderr and (tmp_path / "run" / "data" / "stats.json").read_text() == stats
+    other = prepare(*common, "--max_length", "512")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "error: " + str(tmp_path / "run" / "data") + " already holds data prepared with other settings " \
+           "(max_length: 1024 -> 512)" in other.stderr
+    replaced = prepare(*common, "--max_length", "512", "--overwrite_output_dir", "true")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "data" / "stats.json").read_text())["max_length"] == 512

@@ -10,8 +10,9 @@ import torch
 from conftest import ARTICLES, ROOT, make_rows, write_jsonl
 from rouge_score import rouge_scorer
 
-from sumtune.config import parse_args
-from sumtune.evaluation import evaluate, lead_sentence
+from sumtune.config import ConfigError, parse_args
+from sumtune import evaluation
+from sumtune.evaluation import evaluate, format_table, lead_sentence
 from sumtune.metrics import ROUGE_TYPES
 
 
@@ -32,9 +33,12 @@ def test_predictions_file_matches_rouge_score(tmp_path):
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     for key in ROUGE_TYPES:
         expected = np.mean([scorer.score(r["reference"], r["prediction"])[key].fmeasure * 100 for r in rows])
-        assert metrics[key] == pytest.approx(expected, abs=1e-6)
+        assert metrics[key] == round(expected, 2)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved["rouge1"] == pytest.approx(metrics["rouge1"]) and saved["num_rows"] == 12
+    assert saved == metrics and saved["num_rows"] == 12
+    # Scores and interval bounds are saved alike, to 2 decimals.
+    for value in [saved[key] for key in ROUGE_TYPES] + [v for key in ROUGE_TYPES for v in saved["ci95"][key]]:
+        assert value == round(value, 2)
     lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == [r["id"] for r in rows]
 
@@ -108,3 +112,82 @@ def test_model_mode_with_the_adapter_merged_in_memory(tiny_model_dir, tiny_token
     assert "Merged the adapter into the base weights in memory" in caplog.text
     assert predictions["true"] == predictions["false"] and len(predictions["true"]) == 4
     assert predictions["true"] != base  # the adapter changes the summaries: equality above means something
+
+
+def model_argv(model_dir, data_dir, out, *extra):
+    return ["--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(model_dir), "--load_in_4bit", "false",
+            "--dataset_name", str(data_dir), "--max_new_tokens", "8", "--output_dir", str(out), *extra]
+
+
+def test_finished_evaluation_is_reused_and_overwrite_makes_it_again(tiny_model_dir, data_dir, tmp_path, in_repo,
+                                                                    monkeypatch, caplog):
+    out = tmp_path / "model"
+    first = run_eval(*model_argv(tiny_model_dir, data_dir, out))
+    written = (out / "metrics.json").stat().st_mtime_ns
+    load = evaluation.load_eval_model
+    monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: pytest.fail("generated again"))
+    with caplog.at_level("INFO", logger="sumtune.evaluation"):
+        assert run_eval(*model_argv(tiny_model_dir, data_dir, out)) == first
+    assert "already holds this evaluation, made with the same settings: reusing it" in caplog.text
+    assert (out / "metrics.json").stat().st_mtime_ns == written  # read, not rewritten
+    # Other scoring settings rescore the same predictions without generating.
+    rescored = run_eval(*model_argv(tiny_model_dir, data_dir, out), "--bootstrap_samples", "20")
+    assert rescored["rouge1"] == first["rouge1"]
+    assert json.loads((out / "manifest.json").read_text())["scoring"]["bootstrap_samples"] == 20
+    with pytest.raises(ConfigError, match="already holds an evaluation with other settings"):
+        run_eval(*model_argv(tiny_model_dir, data_dir, out, "--max_new_tokens", "4"))
+    calls = []
+    monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: calls.append(1) or load(*a, **k))
+    remade = run_eval(*model_argv(tiny_model_dir, data_dir, out, "--max_new_tokens", "4",
+                                  "--overwrite_output_dir", "true"))
+    assert calls and remade["max_new_tokens"] == 4
+    calls.clear()
+    run_eval(*model_argv(tiny_model_dir, data_dir, out, "--max_new_tokens", "4", "--overwrite_output_dir", "true"))
+    assert calls, "--overwrite_output_dir true generates again even with the same settings"
+
+
+def test_generation_shows_a_progress_bar_on_a_terminal(tiny_model_dir, data_dir, tmp_path, in_repo, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stderr = Terminal()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    run_eval(*model_argv(tiny_model_dir, data_dir, tmp_path / "tty"))
+    assert "Generating: 100%" in stderr.getvalue() and "4/4" in stderr.getvalue()
+    assert "summaries/s" in stderr.getvalue()
+    quiet = io.StringIO()  # not a terminal (a log file, a pipe): no bar
+    monkeypatch.setattr(sys, "stderr", quiet)
+    run_eval(*model_argv(tiny_model_dir, data_dir, tmp_path / "pipe"))
+    assert "Generating" not in quiet.getvalue()
+
+
+def test_table_shows_intervals_and_stays_aligned():
+    metrics = {key: 41.5 for key in ROUGE_TYPES} | {"ci95": {key: [36.2, 47.1] for key in ROUGE_TYPES}}
+    table = format_table({"predictions_file": metrics, "lead": {**metrics, "rouge1": 5.0}})
+    lines = table.splitlines()
+    assert "41.50 [36.20, 47.10]" in lines[1] and lines[2].split()[:2] == ["lead", "5.00"]
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header
+    for key in ROUGE_TYPES:  # each cell ends where its column's header does, whatever the row label's length
+        end = lines[0].index(key) + len(key)
+        assert all(line[end - 1] == "]" and line[end:end + 1] in ("", " ") for line in lines[1:]), key
+    assert format_table({"x": {key: 1.0 for key in ROUGE_TYPES}}).splitlines()[1].split() == ["x"] + ["1.00"] * 4
+
+
+def test_manifest_redacts_only_secrets(tmp_path, monkeypatch):
+    rows = [{"id": str(i), "prediction": ARTICLES[i % 4][1], "reference": ARTICLES[i % 4][1]} for i in range(4)]
+    path = write_jsonl(tmp_path / "preds.jsonl", rows)
+    run_eval("--predictions_file", str(path), "--output_dir", str(tmp_path / "out"))
+    training = json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["training"]
+    assert training["include_num_input_tokens_seen"] == "no"
+    assert training["eos_token"] is None and training["pad_token"] is None  # the recipe's (unset), not <redacted>
+    assert training["hub_token"] in (None, "<redacted>")
+    from sumtune.manifest import redact
+
+    assert redact({"hub_token": "hf_x", "eos_token": "<|endoftext|>", "nested": {"password": "p", "api_key": "k"},
+                   "note": "hf_" + "a" * 30, "max_new_tokens": 8}) == {
+        "hub_token": "<redacted>", "eos_token": "<|endoftext|>", "nested": {"password": "<redacted>",
+                                                                            "api_key": "<redacted>"},
+        "note": "<redacted>", "max_new_tokens": 8}

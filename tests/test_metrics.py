@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from sumtune.metrics import ROUGE_TYPES, bootstrap_ci, compute_rouge
+from sumtune.metrics import ROUGE_TYPES, bootstrap_ci, compute_rouge, rounded
 
 
 def test_identical_is_100_and_disjoint_is_0():
@@ -44,3 +44,11 @@ def test_bootstrap_interval_shrinks_with_more_rows():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         compute_rouge(["a", "b"], ["a"])
+
+
+def test_rounded_rounds_scores_and_intervals_alike():
+    metrics = compute_rouge(["a storm hit the town"], ["a storm damaged the town"], bootstrap_samples=10)
+    metrics["ci95"]["rouge1"] = [43.21987, 55.44444]
+    out = rounded(metrics)
+    assert out["rouge1"] == round(metrics["rouge1"], 2) and out["ci95"]["rouge1"] == [43.22, 55.44]
+    assert out["num_rows"] == 1 and metrics["ci95"]["rouge1"] == [43.21987, 55.44444]  # the input is left as it was

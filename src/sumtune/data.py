@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
+import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .config import ConfigError, DataArguments
-from .manifest import TMP_SUFFIX, publish_dir, rows_fingerprint, tmp_dir_for, write_atomic
-from .prompts import build_messages, read_text, render_full
+from .manifest import TMP_SUFFIX, file_hash, publish_dir, rows_fingerprint, tmp_dir_for, write_atomic
+from .prompts import build_messages, read_text, render_full, template_hash
 
 logger = logging.getLogger(__name__)
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 STATS_FILE = "stats.json"
 PREPARED_COLUMNS = ("id", "document", "summary", "prompt", "completion")
+# A single file is split 90/5/5 with the held-out tenth rounded up: below 11 rows it holds one row, which cannot be
+# halved into a validation and a test row.
+MIN_SINGLE_FILE_ROWS = 11
+# datasets draws a progress bar for every map; below this many rows the work takes a moment and the bar is noise.
+PROGRESS_MIN_ROWS = 5000
+JSON_TYPES = {list: "list", dict: "object", int: "number", float: "number", bool: "boolean"}
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """datasets' progress bars on or off for the work inside, as they were afterwards."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    if not enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            datasets.enable_progress_bars()
 
 
 def is_prepared(path: str | Path) -> bool:
@@ -112,6 +134,15 @@ def standardize(ds: Dataset, data_args: DataArguments, split: str) -> tuple[Data
         raise ConfigError(f"Split '{split}' of {data_args.dataset_name} has no rows.")
     ids = (ds[data_args.id_column] if data_args.id_column in ds.column_names
            else [f"{split}-{i}" for i in range(len(ds))])
+    columns = {}
+    for column in (data_args.text_column, data_args.summary_column):
+        values = columns[column] = ds[column]
+        bad = next((i for i, value in enumerate(values) if value is not None and not isinstance(value, str)), None)
+        if bad is not None:
+            kind = JSON_TYPES.get(type(values[bad]), type(values[bad]).__name__)
+            raise ConfigError(f"Split '{split}' row {bad + 1} (id {str(ids[bad])!r}): `{column}` is a {kind}, not a "
+                              "string: every article and summary must be one string (join a list of sentences with "
+                              "newlines).")
     seen, duplicates = set(), []
     for row_id in map(str, ids):
         if row_id in seen:
@@ -121,13 +152,14 @@ def standardize(ds: Dataset, data_args: DataArguments, split: str) -> tuple[Data
         raise ConfigError(f"Split '{split}' has {len(duplicates)} duplicate id(s) in column '{data_args.id_column}' "
                           f"(first: {duplicates[0]!r}): ids must be unique so each prediction matches one row; "
                           "remove the duplicates.")
-    ds = Dataset.from_dict({
-        "id": [str(i) for i in ids],
-        "document": ds[data_args.text_column],
-        "summary": ds[data_args.summary_column],
-    })
+    documents, summaries = columns[data_args.text_column], columns[data_args.summary_column]
     rows = len(ds)
-    ds = ds.filter(lambda r: bool((r["document"] or "").strip()) and bool((r["summary"] or "").strip()))
+    keep = [i for i in range(rows) if (documents[i] or "").strip() and (summaries[i] or "").strip()]
+    ds = Dataset.from_dict({
+        "id": [str(ids[i]) for i in keep],
+        "document": [documents[i] for i in keep],
+        "summary": [summaries[i] for i in keep],
+    })
     if len(ds) == 0:
         raise ConfigError(f"Split '{split}' has no row with both a non-empty article ('{data_args.text_column}') and "
                           f"summary ('{data_args.summary_column}'): check the file and the column flags.")
@@ -179,8 +211,9 @@ def prepare_split(ds: Dataset, tokenizer, instruction: str, max_length: int, num
             return {"prompt": [], "completion": [], "document": row["document"], "num_tokens": -1, "truncated": False}
         return fitted
 
-    mapped = ds.map(fit, num_proc=num_proc, desc="Fitting articles to max_length")
-    kept = mapped.filter(lambda r: r["num_tokens"] > 0)
+    with progress_bars(len(ds) >= PROGRESS_MIN_ROWS):
+        mapped = ds.map(fit, num_proc=num_proc, desc="Fitting articles to max_length")
+    kept = mapped.select([i for i, n in enumerate(mapped["num_tokens"]) if n > 0])
     lengths = np.array(kept["num_tokens"]) if len(kept) else np.array([0])
     stats = {
         "kept": len(kept),
@@ -200,16 +233,19 @@ def prepare_datasets(data_args: DataArguments, tokenizer, max_length: int, seed:
         "validation": (data_args.dataset_eval_split, data_args.max_eval_samples),
         "test": (data_args.dataset_test_split, data_args.max_test_samples),
     }
-    splits, stats = {}, {"max_length": max_length, "seed": seed, "dataset_name": data_args.dataset_name}
+    splits, stats = {}, {"max_length": max_length, "seed": seed, "dataset_name": data_args.dataset_name,
+                         "settings": prepare_settings(data_args, tokenizer.name_or_path, tokenizer.chat_template,
+                                                      max_length, seed)}
     single_file = Path(data_args.dataset_name).is_file()
     if single_file:
         logger.warning("%s is a single file: carving validation and test splits (5%% each) from it by seed %d.",
                        data_args.dataset_name, seed)
         whole, counts = standardize(load_raw_split(data_args, "train"), data_args, "train")
-        held = whole.train_test_split(test_size=0.1, seed=seed) if len(whole) >= 3 else None
-        if held is None:
-            raise ConfigError(f"{data_args.dataset_name} has {len(whole)} usable rows; need at least 3 to carve "
-                              "train, validation and test splits.")
+        if len(whole) < MIN_SINGLE_FILE_ROWS:
+            raise ConfigError(f"{data_args.dataset_name} has {len(whole)} usable rows; carving train, validation and "
+                              f"test splits from one file needs at least {MIN_SINGLE_FILE_ROWS}: add rows, or pass a "
+                              "folder with train.jsonl, validation.jsonl and test.jsonl as --dataset_name.")
+        held = whole.train_test_split(test_size=0.1, seed=seed)
         val_test = held["test"].train_test_split(test_size=0.5, seed=seed)
         raw = {"train": (held["train"], counts), "validation": (val_test["train"], {}), "test": (val_test["test"], {})}
     else:
@@ -235,14 +271,15 @@ def prepare_datasets(data_args: DataArguments, tokenizer, max_length: int, seed:
             {"id": r["id"], "prompt": r["prompt"], "completion": r["completion"]} for r in prepared)
         splits[name] = prepared
         stats[name] = counts | split_stats
-        logger.info("%s: %s", name, json.dumps(stats[name]))
+        logger.info("%s: %s", name, describe_split(stats[name]))
     return DatasetDict(splits), stats
 
 
 def save_prepared(dataset: DatasetDict, stats: dict, path: str | Path) -> None:
     """Write to a temporary folder and rename it into place, so a crash never leaves a complete-looking folder."""
     tmp = tmp_dir_for(path)
-    dataset.save_to_disk(str(tmp))
+    with progress_bars(False):  # a few seconds even for XSum's train split
+        dataset.save_to_disk(str(tmp))
     write_atomic(tmp / STATS_FILE, json.dumps(stats, indent=2) + "\n")
     publish_dir(tmp, path)
 
@@ -269,3 +306,52 @@ def check_prepared_budget(path: str | Path, max_length: int) -> None:
     if prepared is not None and prepared != max_length:
         raise ConfigError(f"{path} was prepared for max_length={prepared}, not {max_length}: run prepare_data.py "
                           f"again with --max_length {max_length} (or delete {path}), or pass --max_length {prepared}.")
+
+
+def describe_split(stats: dict) -> str:
+    """One split's statistics as a line a person reads."""
+    tokens = stats["num_tokens"]
+    sampled = stats["kept"] + stats["dropped_summary_too_long"]
+    notes = [f"{stats['dropped_empty']} empty"] if stats.get("dropped_empty") else []
+    if "rows" in stats and sampled < stats["rows"] - stats.get("dropped_empty", 0):
+        notes.append(f"a seeded sample of {sampled}")
+    if stats["dropped_summary_too_long"]:
+        notes.append(f"{stats['dropped_summary_too_long']} with a summary too long for max_length")
+    source = f" of {stats['rows']}" if "rows" in stats else ""
+    return (f"{stats['kept']} rows kept{source}{' (' + ', '.join(notes) + ')' if notes else ''}, "
+            f"{stats['truncated_articles']} articles cut to fit; tokens p50 {tokens['p50']}, p90 {tokens['p90']}, "
+            f"p99 {tokens['p99']}, max {tokens['max']}")
+
+
+def prepare_settings(data_args: DataArguments, tokenizer_name: str, chat_template: str, max_length: int,
+                     seed: int) -> dict:
+    """Everything prepared rows depend on: the data arguments, the local data files' contents, the tokenizer that
+    counts the budget, the prompt (template and instruction), max_length and seed."""
+    path = Path(data_args.dataset_name)
+    files = ([path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in LOCAL_FORMATS)
+             if path.is_dir() else [])
+    instruction = read_text(data_args.instruction_path, "Instruction file")
+    return {"data": dataclasses.asdict(data_args), "data_files": {p.name: file_hash(p) for p in files},
+            "tokenizer": tokenizer_name, "prompt_hash": template_hash(chat_template, instruction),
+            "max_length": max_length, "seed": seed}
+
+
+def reuse_prepared(path: str | Path, settings: dict, overwrite: bool) -> bool:
+    """True when `path` holds data prepared completely with these settings (a re-run reuses it); False when there
+    is none or it is to be replaced (`overwrite`); data prepared with other settings is an error naming them."""
+    if overwrite or not is_prepared(path):
+        return False
+    previous = prepared_stats(path).get("settings") or {}
+    settings = json.loads(json.dumps(settings, default=str))
+    if previous == settings:
+        return True
+    changed = []
+    for key in sorted(set(previous) | set(settings)):
+        old, new = previous.get(key), settings.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                        if old.get(k) != new.get(k)]
+        elif old != new:
+            changed.append(f"{key}: {old!r} -> {new!r}")
+    raise ConfigError(f"{path} already holds data prepared with other settings ({'; '.join(changed)}): pass "
+                      "--overwrite_output_dir true to prepare it again, or a new --output_dir.")

@@ -16,11 +16,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
 
 from accelerate import PartialState
+from tqdm import tqdm
 from trl import ModelConfig, SFTConfig
 
 from .config import ConfigError, DataArguments, EvalArguments, RunError
@@ -36,14 +38,16 @@ from .data import (
 from .generation import batch_cost, encode_prompts, iter_summaries, plan_batches
 from .manifest import (
     TMP_SUFFIX,
+    check_output_path,
     file_hash,
     read_manifest,
     redact,
     rows_fingerprint,
+    training_config,
     write_atomic,
     write_manifest,
 )
-from .metrics import ROUGE_TYPES, compute_rouge
+from .metrics import ROUGE_TYPES, compute_rouge, rounded
 from .modeling import dequantize_4bit_linears, load_model, load_tokenizer, merge_adapter_weights
 from .predictions import (
     PARTIAL_PREFIX,
@@ -70,7 +74,7 @@ def read_predictions(path: str | Path) -> list[dict]:
     if path.name.endswith(TMP_SUFFIX) or path.name.startswith(PARTIAL_PREFIX):
         raise ConfigError(f"{path} is an unfinished predictions file: re-run evaluate.py with the same settings to "
                           f"complete it, then score {PREDICTIONS_FILE}.")
-    rows = []
+    rows, empty = [], []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -90,8 +94,17 @@ def read_predictions(path: str | Path) -> list[dict]:
                               "`prediction` and `reference`.")
         rows.append({"id": str(row.get("id", number)), "prediction": row["prediction"],
                      "reference": row["reference"]})
+        if not row["reference"].strip():
+            empty.append(number)
     if not rows:
         raise ConfigError(f"{path} holds no predictions.")
+    # Any prediction scores 0 against an empty reference: such a table would measure the file, not the model.
+    if len(empty) == len(rows):
+        raise ConfigError(f"Every reference in {path} is empty ({len(rows)} rows): write each row's reference summary "
+                          "into its `reference` field.")
+    if empty:
+        raise ConfigError(f"{len(empty)} of {len(rows)} rows in {path} have an empty reference (first: line "
+                          f"{empty[0]}): fill in their `reference` or remove those lines.")
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
@@ -166,11 +179,18 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
     tokenizer = eval_tokenizer(eval_args, training_args, model_args)
     prompts = eval_prompts(rows, prepared, tokenizer, data_args, training_args.max_length)
     ids = [str(i) for i in rows["id"]]
-    finished = finished_predictions(output_dir, run_key, ids)
-    if finished is not None:
-        logger.info("%s already holds all %d predictions made with these settings; rescoring them.", output_dir,
-                    len(ids))
-        return (finished, None) if state.is_main_process else None
+    if eval_args.overwrite_output_dir:  # replaced on purpose: nothing made before is kept
+        if state.is_main_process:
+            (output_dir / METRICS_FILE).unlink(missing_ok=True)
+            for path in partial_files(output_dir):
+                path.unlink()
+        state.wait_for_everyone()
+    else:
+        finished = finished_predictions(output_dir, run_key, ids)
+        if finished is not None:
+            logger.info("%s already holds all %d predictions made with these settings; rescoring them.",
+                        output_dir, len(ids))
+            return (finished, None) if state.is_main_process else None
     # Every process reads every partial file before any process changes one, so all agree on what is missing.
     done, stale = merge_partials(output_dir, run_key, ids)
     if stale and not eval_args.overwrite_output_dir:
@@ -204,7 +224,7 @@ def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: 
     start = time.perf_counter()
     if batches:
         append_predictions(partial_path(output_dir, state.process_index), run_key, ids, todo, missing, encoded,
-                           batches, tokenizer, eval_args, model)
+                           batches, tokenizer, eval_args, model, progress=state.is_main_process)
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if not state.is_main_process:
@@ -250,10 +270,13 @@ def check_merge_options(eval_args: EvalArguments, model_args: ModelConfig) -> No
 
 def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, rows: list[int],
                        encoded: list[list[int]], batches: list[list[int]], tokenizer, eval_args: EvalArguments,
-                       model) -> None:
+                       model, progress: bool = False) -> None:
     """Generate `batches` (lists of positions in `prompts`, whose token ids are `encoded` and whose row indices are
-    `rows`) and append each prediction to `path` as soon as it is made."""
-    with path.open("ab") as handle:
+    `rows`) and append each prediction to `path` as soon as it is made. `progress`: a progress bar on stderr when
+    it is a terminal."""
+    bar = tqdm(total=sum(len(batch) for batch in batches), desc="Generating", unit="summaries",
+               disable=None if progress else True)
+    with path.open("ab") as handle, bar:
         if handle.tell() == 0:
             handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
         last_sync = time.monotonic()
@@ -265,6 +288,7 @@ def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list,
             line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
             handle.write((line + "\n").encode("utf-8"))
             handle.flush()  # a killed process keeps every finished line
+            bar.update()
             if time.monotonic() - last_sync > 1.0:  # a preempted machine keeps all but the last second
                 os.fsync(handle.fileno())
                 last_sync = time.monotonic()
@@ -307,13 +331,18 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     if output_dir.name.endswith(TMP_SUFFIX):
         raise ConfigError(f"--output_dir {output_dir} ends in {TMP_SUFFIX}, which marks unfinished outputs: pick "
                           "another name.")
+    check_output_path(output_dir)
     settings = {"mode": mode, "eval_split": eval_args.eval_split, "dataset": data_args.dataset_name}
+    scoring = {"bootstrap_samples": eval_args.bootstrap_samples, "seed": training_args.seed}
     timing = None
     if mode == "predictions_file":
         rows = read_predictions(eval_args.predictions_file)
         settings |= {"predictions_file": eval_args.predictions_file,
                      "predictions_hash": file_hash(eval_args.predictions_file)}
         dataset_fingerprint, prompt_hash = rows_fingerprint(rows), None
+        finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
+        if finished is not None:
+            return finished
     else:
         # Under several processes one fills the datasets cache, the others then read it.
         with state.main_process_first() if mode == "model" else contextlib.nullcontext():
@@ -336,7 +365,9 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
                          "max_length": training_args.max_length, "prompt_hash": prompt_hash,
                          "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams,
                          "merge_adapter": eval_args.merge_adapter}  # rounds base + update once: not bit-identical
-        check_output_dir(output_dir, settings, eval_args.overwrite_output_dir)
+        finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
+        if finished is not None:
+            return finished if state.is_main_process else None
         output_dir.mkdir(parents=True, exist_ok=True)
         if mode == "model":
             generated = generate_missing(dataset, prepared, data_args, eval_args, training_args, model_args,
@@ -346,10 +377,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
             predictions, timing = generated
         rows = [{"id": str(i), "prediction": p, "reference": r}
                 for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=True)]
-    if mode == "predictions_file":
-        check_output_dir(output_dir, settings, eval_args.overwrite_output_dir)
-    metrics = compute_rouge([r["prediction"] for r in rows], [r["reference"] for r in rows],
-                            eval_args.bootstrap_samples, training_args.seed)
+    metrics = rounded(compute_rouge([r["prediction"] for r in rows], [r["reference"] for r in rows],
+                                    eval_args.bootstrap_samples, training_args.seed))
     metrics["mode"] = mode
     if mode == "model":
         metrics |= {"model": model_args.model_name_or_path, "adapter": eval_args.adapter_path,
@@ -358,10 +387,11 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     (output_dir / METRICS_FILE).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
     write_atomic(output_dir / PREDICTIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     config = {"data": dataclasses.asdict(data_args), "eval": dataclasses.asdict(eval_args),
-              "model": dataclasses.asdict(model_args), "training": json.loads(training_args.to_json_string())}
+              "model": dataclasses.asdict(model_args), "training": training_config(training_args)}
     # `generation`: rows generated by this run, wall seconds from every model loaded to the last row, summaries/s.
-    write_manifest(output_dir, settings=settings, config=redact(config), dataset_fingerprint=dataset_fingerprint,
-                   prompt_hash=prompt_hash, num_rows=len(rows), generation=timing)
+    write_manifest(output_dir, settings=settings, scoring=scoring, config=redact(config),
+                   dataset_fingerprint=dataset_fingerprint, prompt_hash=prompt_hash, num_rows=len(rows),
+                   generation=timing)
     # metrics.json last: its presence marks a complete evaluation.
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     for path in partial_files(output_dir):
@@ -369,20 +399,36 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     return metrics
 
 
-def check_output_dir(output_dir: Path, settings: dict, overwrite: bool) -> None:
-    """An output_dir holding a finished evaluation with other settings is replaced only with --overwrite_output_dir."""
+def finished_evaluation(output_dir: Path, settings: dict, scoring: dict, overwrite: bool) -> dict | None:
+    """The metrics of a finished evaluation in output_dir made and scored with these settings (a re-run reuses
+    them), else None. One made with other settings is replaced only with --overwrite_output_dir."""
     if not (output_dir / METRICS_FILE).is_file() or overwrite:
-        return
-    previous = (read_manifest(output_dir) or {}).get("settings")
-    if previous != json.loads(json.dumps(settings, default=str)):
+        return None
+    manifest = read_manifest(output_dir) or {}
+    if manifest.get("settings") != json.loads(json.dumps(settings, default=str)):
         raise ConfigError(f"{output_dir} already holds an evaluation with other settings: pass a new --output_dir, "
                           "or --overwrite_output_dir true to replace it.")
+    if manifest.get("scoring") != scoring:
+        return None  # same predictions, scored anew
+    try:
+        metrics = json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    logger.info("%s already holds this evaluation, made with the same settings: reusing it "
+                "(--overwrite_output_dir true makes it again).", output_dir)
+    return metrics
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A plain-text ROUGE table, one row per named result."""
-    header = f"{'':<12}" + "".join(f"{key:>11}" for key in ROUGE_TYPES)
-    lines = [header]
-    for name, metrics in results.items():
-        lines.append(f"{name:<12}" + "".join(f"{metrics[key]:>11.2f}" for key in ROUGE_TYPES))
-    return "\n".join(lines)
+    """A plain-text ROUGE table, one row per named result: each score with its 95% bootstrap interval."""
+    def cell(metrics: dict, key: str) -> str:
+        low, high = (metrics.get("ci95") or {}).get(key) or (None, None)
+        if low is None or high is None or not math.isfinite(low) or not math.isfinite(high):
+            return f"{metrics[key]:.2f}"
+        return f"{metrics[key]:.2f} [{low:.2f}, {high:.2f}]"
+
+    rows = [("", list(ROUGE_TYPES))] + [(name, [cell(m, key) for key in ROUGE_TYPES]) for name, m in results.items()]
+    label = max(len(name) for name, _ in rows)
+    widths = [max(len(cells[k]) for _, cells in rows) for k in range(len(ROUGE_TYPES))]
+    return "\n".join(f"{name:<{label}}" + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths, strict=True))
+                     for name, cells in rows)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from datetime import datetime, timezone
@@ -16,12 +17,16 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
 from .prompts import template_hash
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "rouge-score", "sumtune")
 MANIFEST_FILE = "manifest.json"
 TMP_SUFFIX = ".tmp"
-SECRET_KEYS = ("token", "password", "secret")
+# A key ending in one of these names a credential (`hub_token`, `api_key`); the special tokens of a tokenizer do not.
+SECRET_KEY = re.compile(r"(^|_)(token|password|passwd|secret|api_key|access_key)$", re.IGNORECASE)
+SPECIAL_TOKENS = {f"{name}_token" for name in ("bos", "eos", "pad", "unk", "sep", "cls", "mask")}
+HUB_TOKEN_VALUE = re.compile(r"^hf_[A-Za-z0-9]{20,}$")
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -56,14 +61,43 @@ def device_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
+def is_secret(key, value) -> bool:
+    """A credential: a string under a key such as `hub_token` or `password`, or any string shaped like a hub token."""
+    if not isinstance(value, str) or not value:
+        return False
+    name = str(key).lower()
+    return bool(SECRET_KEY.search(name) and name not in SPECIAL_TOKENS) or bool(HUB_TOKEN_VALUE.match(value))
+
+
 def redact(value):
-    """Drop secrets (any key naming a token, password or secret) from a config before it is logged or saved."""
+    """Drop secrets (credentials only: see `is_secret`) from a config before it is logged or saved."""
     if isinstance(value, dict):
-        return {k: ("<redacted>" if v and any(s in str(k).lower() for s in SECRET_KEYS)
-                    and isinstance(v, str) else redact(v)) for k, v in value.items()}
+        return {k: "<redacted>" if is_secret(k, v) else redact(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact(v) for v in value]
+        return ["<redacted>" if isinstance(v, str) and HUB_TOKEN_VALUE.match(v) else redact(v) for v in value]
     return value
+
+
+def training_config(training_args) -> dict:
+    """TrainingArguments as JSON, with the values transformers masks as `<EOS_TOKEN>` for every `*_token` key put
+    back where they are not secrets (`eos_token`, `pad_token`); `redact` then hides the real ones."""
+    config = json.loads(training_args.to_json_string())
+    for key, value in config.items():
+        if value == f"<{key.upper()}>" and key in SPECIAL_TOKENS:
+            config[key] = getattr(training_args, key, None)
+    return config
+
+
+def check_output_path(path: str | Path, flag: str = "--output_dir") -> None:
+    """An output folder cannot be made where the path, or a folder above it, is an existing file."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = f"{flag} {path} is" if part == path else f"{flag} {path} cannot be made: {part} is"
+                raise ConfigError(f"{where} an existing file, not a folder: pass a folder path (or move the file "
+                                  "away).")
+            return
 
 
 def rows_fingerprint(rows) -> str:

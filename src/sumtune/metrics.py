@@ -7,7 +7,7 @@ network. ROUGE-Lsum treats newlines as sentence boundaries, so multi-sentence te
 from __future__ import annotations
 
 import numpy as np
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -16,7 +16,9 @@ def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str
     """F1 x 100 for each (prediction, reference) pair, one array per ROUGE type."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    # The tokenizer rouge_score picks by default, given explicitly: left to choose, it logs that it did per call.
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True,
+                                      tokenizer=tokenizers.DefaultTokenizer(use_stemmer=True))
     scores = {key: np.empty(len(predictions)) for key in ROUGE_TYPES}
     for i, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         result = scorer.score(reference, prediction)  # rouge_score's order: target first
@@ -50,3 +52,14 @@ def summarize_scores(scores: dict[str, np.ndarray], samples: int = 1000, seed: i
 def compute_rouge(predictions: list[str], references: list[str], bootstrap_samples: int = 1000,
                   seed: int = 0) -> dict:
     return summarize_scores(rouge_per_example(predictions, references), bootstrap_samples, seed)
+
+
+def rounded(metrics: dict, digits: int = 2) -> dict:
+    """The metrics with every score and interval bound rounded alike, as they are saved and shown."""
+    out = dict(metrics)
+    for key in ROUGE_TYPES:
+        if key in out:
+            out[key] = round(float(out[key]), digits)
+    if "ci95" in out:
+        out["ci95"] = {key: [round(float(v), digits) for v in bounds] for key, bounds in out["ci95"].items()}
+    return out
