@@ -35,9 +35,12 @@ def data_folder(tmp: Path, train=None, test=None, raw_train: bytes | None = None
     return folder
 
 
-def recipe(tmp: Path, text: str) -> Path:
+def recipe(tmp: Path, text: str, replace: bool = True) -> Path:
+    """The demo recipe with `text` appended; with `replace`, the demo's own lines for the same keys are dropped."""
+    keys = {line.split(":")[0] for line in text.splitlines() if ":" in line} if replace else set()
+    kept = [line for line in Path("recipes/tiny/demo.yaml").read_text().splitlines() if line.split(":")[0] not in keys]
     path = tmp / "recipe.yaml"
-    path.write_text(Path("recipes/tiny/demo.yaml").read_text() + "\n" + text)
+    path.write_text("\n".join(kept) + "\n" + text)
     return path
 
 
@@ -184,7 +187,7 @@ CASES = [
      "Every reference in"),
     ("some-references-empty", lambda t, m: evaluate(t, "--predictions_file", predictions(
         t, ["A cat was rescued.", "", "Roads flooded.", " "])), "2 of 4 rows"),
-    ("recipe-key-given-twice", lambda t, m: train(t, "--config", recipe(t, "lora_r: 8")),
+    ("recipe-key-given-twice", lambda t, m: train(t, "--config", recipe(t, "lora_r: 8", replace=False)),
      "sets `lora_r` twice"),
 ]
 

@@ -10,8 +10,8 @@ import torch
 from conftest import ARTICLES, ROOT, make_rows, write_jsonl
 from rouge_score import rouge_scorer
 
-from sumtune.config import ConfigError, parse_args
 from sumtune import evaluation
+from sumtune.config import ConfigError, parse_args
 from sumtune.evaluation import evaluate, format_table, lead_sentence
 from sumtune.metrics import ROUGE_TYPES
 
