@@ -77,6 +77,13 @@ class EvalArguments:
     eval_split: str = field(default="test", metadata={"help": "Which split evaluate.py scores."})
     max_new_tokens: int = 64
     num_beams: int = field(default=1, metadata={"help": "1 = greedy decoding; >1 = beam search."})
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "Decoding through generate(): never repeat an n-gram of this size (0 = off)."}
+    )
+    length_penalty: float = field(
+        default=1.0, metadata={"help": "Beam search: exponent on the length that divides a beam's log-probability "
+                                       "(> 1 favours longer summaries, < 1 shorter)."}
+    )
     generation_batch_size: int = field(default=256, metadata={"help": "Most rows in one generation batch."})
     generation_max_batch_tokens: int | None = field(
         default=16384,
@@ -118,6 +125,13 @@ class EvalArguments:
         default=False,
         metadata={"help": "Replace the stage's existing output: without it a finished output made with the same "
                           "settings is reused and one made with other settings is refused."},
+    )
+    merge_base: str = field(
+        default="dequantized_4bit",
+        metadata={"help": "merge.py with a 4-bit (QLoRA) recipe: `dequantized_4bit` adds the adapter to the 4-bit "
+                          "weights it was trained against, dequantized to the recipe's dtype; `original` adds it to "
+                          "the original 16-bit checkpoint instead (the adapter never saw those weights: lower ROUGE, "
+                          "docs/quality.md).", "choices": ["dequantized_4bit", "original"]},
     )
 
 

@@ -283,7 +283,8 @@ def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list,
         for j, text in iter_summaries(model, tokenizer, prompts, eval_args.max_new_tokens,
                                       eval_args.num_beams, eval_args.generation_batch_size,
                                       max_batch_tokens=eval_args.generation_max_batch_tokens, batches=batches,
-                                      encoded=encoded, cudnn_attention=eval_args.cudnn_attention):
+                                      encoded=encoded, cudnn_attention=eval_args.cudnn_attention,
+                                      **decoding_options(eval_args)):
             index = rows[j]
             line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
             handle.write((line + "\n").encode("utf-8"))
@@ -293,6 +294,16 @@ def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list,
                 os.fsync(handle.fileno())
                 last_sync = time.monotonic()
         os.fsync(handle.fileno())
+
+
+def decoding_options(eval_args: EvalArguments) -> dict:
+    """generate() options beyond greedy / beam search; any of them sends generation through `model.generate`."""
+    options = {}
+    if eval_args.no_repeat_ngram_size:
+        options["no_repeat_ngram_size"] = eval_args.no_repeat_ngram_size
+    if eval_args.length_penalty != 1.0:
+        options["length_penalty"] = eval_args.length_penalty
+    return options
 
 
 def process_state(training_args: SFTConfig) -> PartialState:
@@ -364,6 +375,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
                          "dtype": model_args.dtype, "load_in_4bit": model_args.load_in_4bit,
                          "max_length": training_args.max_length, "prompt_hash": prompt_hash,
                          "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams,
+                         **decoding_options(eval_args),
                          "merge_adapter": eval_args.merge_adapter}  # rounds base + update once: not bit-identical
         finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
         if finished is not None:
