@@ -78,3 +78,21 @@ def test_16bit_merge_is_done_in_fp32_then_cast(tiny_model_dir, adapter_dir, tmp_
     name = "model.layers.0.self_attn.q_proj.weight"
     expected = exact.state_dict()[name].to(torch.bfloat16)  # one rounding, after the fp32 merge
     assert torch.equal(merged.state_dict()[name], expected)
+
+
+def test_finished_merge_is_reused_unless_its_inputs_changed(tiny_model_dir, adapter_dir, tmp_path):
+    import json
+
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32")
+    merged_dir = merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
+    weights = merged_dir / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert merge_adapter(model_args, str(adapter_dir), tmp_path / "merged") == merged_dir
+    assert weights.stat().st_mtime_ns == stamp, "merged again instead of reusing"
+    with pytest.raises(ConfigError, match=r"dtype: 'float32' -> 'bfloat16'.*--overwrite_output_dir true"):
+        merge_adapter(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="bfloat16"), str(adapter_dir),
+                      tmp_path / "merged")
+    (adapter_dir / "manifest.json").write_text(json.dumps({"created": "later"}))  # as train.py does when re-run
+    with pytest.raises(ConfigError, match="the adapter was trained again"):
+        merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
+    assert weights.stat().st_mtime_ns == stamp
