@@ -189,6 +189,9 @@ CASES = [
         t, ["A cat was rescued.", "", "Roads flooded.", " "])), "2 of 4 rows"),
     ("recipe-key-given-twice", lambda t, m: train(t, "--config", recipe(t, "lora_r: 8", replace=False)),
      "sets `lora_r` twice"),
+    ("lora-targets-the-model-lacks", lambda t, m: train(t, "--dataset_name", data_folder(t), "--lora_target_modules",
+                                                        "qproj", "vproj"),
+     "LoRA target module(s) ['qproj', 'vproj'] match no layer"),
 ]
 
 

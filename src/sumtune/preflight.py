@@ -166,3 +166,73 @@ def check_process_group(joined: int, consequence: str, script: str) -> None:
         raise ConfigError(f"{launched} processes were launched but they did not join one process group (each would "
                           f"{consequence}): on a machine without GPUs add `--use_cpu true` to the {script} arguments "
                           "(accelerate's multi-process launcher does not pass `use_cpu` on).")
+
+
+def _named_modules_on_meta(model_args: ModelConfig) -> tuple[str, dict[str, torch.nn.Module]]:
+    """The model's class name and every module by full name, built from its config alone (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                        trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return type(model).__name__, dict(model.named_modules(remove_duplicate=False))
+
+
+def check_lora_targets(model_args: ModelConfig) -> None:
+    """Every `lora_target_modules` and `lora_modules_to_save` entry must name modules the model has.
+
+    PEFT stops with a traceback only after the model has loaded when no entry matches, and silently adapts the
+    matching few when only some do. Matching follows PEFT: a list entry matches a module whose full name equals it
+    or ends with `.entry`; a single string (TRL turns a one-element list into one) is a regex over full names;
+    modules to save match by name suffix.
+    """
+    targets, to_save = model_args.lora_target_modules, model_args.lora_modules_to_save
+    if not model_args.use_peft or (not targets and not to_save):
+        return
+    if isinstance(targets, str) and targets.lower() == "all-linear":
+        targets = None
+    if not targets and not to_save:
+        return
+    from transformers.pytorch_utils import Conv1D  # GPT-2-style linear layer
+
+    arch, modules = _named_modules_on_meta(model_args)
+    # The layer types PEFT's LoRA can wrap in an unquantized model; a name matching only others (a norm, a whole
+    # block) fails inside PEFT as well.
+    adaptable = {name for name, m in modules.items() if isinstance(m, (
+        torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+        torch.nn.MultiheadAttention, Conv1D))}
+    linear = {name for name, m in modules.items() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    short = sorted({name.rsplit(".", 1)[-1] for name in linear} - {"lm_head"})
+    have = f"Its linear layers: {', '.join(short)}" + (" (and the output layer lm_head)" if "lm_head" in linear
+                                                          else "")
+    model = f"{model_args.model_name_or_path} ({arch})"
+    problems, keys = [], []
+    if isinstance(targets, str):
+        try:
+            found = any(re.fullmatch(targets, name) for name in adaptable)
+        except re.error as e:
+            raise ConfigError(f"`lora_target_modules` {targets!r} is not a valid regular expression ({e}): list "
+                              "module names instead, e.g. [q_proj, v_proj].") from None
+        if not found:
+            # the module the user probably meant, else the first linear layer
+            example = next((n for n in modules if n in linear and n.endswith(f".{targets}")),
+                           next((n for n in modules if n in linear and n != "lm_head"), ""))
+            problems.append(f"LoRA target pattern {targets!r} matches no layer of {model}: a single "
+                            f"`lora_target_modules` entry is a regular expression over full module names such as "
+                            f"{example} (list two or more names, or write '.*\\.{example.rsplit('.', 1)[-1]}').")
+    elif targets:
+        missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in adaptable)]
+        if missing:
+            problems.append(f"LoRA target module(s) {missing} match no layer of {model}.")
+    if problems:
+        keys.append("`lora_target_modules`")
+    unsaved = [m for m in to_save or [] if not any(n.endswith(m) for n in modules if n)]
+    if unsaved:
+        embeddings = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Embedding)})
+        problems.append(f"`lora_modules_to_save` {unsaved} match no module of {model} (its embeddings: "
+                        f"{', '.join(embeddings) or 'none'}).")
+        keys.append("`lora_modules_to_save`")
+    if problems:
+        raise ConfigError(f"{' '.join(problems)} {have}. Fix {' and '.join(keys)} in the recipe or on the command "
+                          "line.")

@@ -39,7 +39,14 @@ from .modeling import (
     load_tokenizer,
     upcast_trainable_params,
 )
-from .preflight import check_free_disk, check_model_source, check_precision, check_process_group, fsdp_enabled
+from .preflight import (
+    check_free_disk,
+    check_lora_targets,
+    check_model_source,
+    check_precision,
+    check_process_group,
+    fsdp_enabled,
+)
 from .prompts import DEFAULT_CHAT_TEMPLATE, read_text
 
 logger = logging.getLogger(__name__)
@@ -361,6 +368,7 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
     check_precision(training_args, model_args, training=True)
     check_process_group(training_args.world_size, "train alone on its own copy of the data", "train.py")
     check_model_source(model_args.model_name_or_path)
+    check_lora_targets(model_args)
     if training_args.uncheckpointed_layers:  # before data preparation writes anything
         from transformers import AutoConfig
 
