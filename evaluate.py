@@ -20,7 +20,7 @@ def main():
     if metrics is None:  # not the main process: it wrote and reports the results
         return
     print(format_table({metrics["mode"]: metrics}))
-    print(f"{metrics['num_rows']} rows, ROUGE F1 x 100 [95% interval]; metrics in "
+    print(f"{metrics['num_rows']} rows, ROUGE F1 x 100 [95% interval]; metrics written to "
           f"{training_args.output_dir}/{METRICS_FILE}")
 
 
