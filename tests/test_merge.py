@@ -96,3 +96,30 @@ def test_finished_merge_is_reused_unless_its_inputs_changed(tiny_model_dir, adap
     with pytest.raises(ConfigError, match="the adapter was trained again"):
         merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
     assert weights.stat().st_mtime_ns == stamp
+
+
+def test_qlora_adapter_is_merged_into_the_dequantized_4bit_weights_by_default(tiny_model_dir, adapter_dir,
+                                                                              tiny_tokenizer, tmp_path):
+    """The adapter learned against the 4-bit weights: the default merge reproduces the adapter on the 4-bit base,
+    merging into the original weights does not, and the manifest says which was done and how close it came."""
+    import json
+
+    from sumtune.modeling import load_model
+
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32", load_in_4bit=True,
+                             bnb_4bit_quant_type="nf4", use_peft=True)
+    ids = tiny_tokenizer("The council approved a new cycle path.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        reference = PeftModel.from_pretrained(load_model(model_args), adapter_dir)(ids).logits
+    default = merge_adapter(model_args, str(adapter_dir), tmp_path / "default")
+    original = merge_adapter(model_args, str(adapter_dir), tmp_path / "original", merge_base="original")
+    with torch.no_grad():
+        from_4bit = AutoModelForCausalLM.from_pretrained(default, dtype=torch.float32)(ids).logits
+        from_original = AutoModelForCausalLM.from_pretrained(original, dtype=torch.float32)(ids).logits
+    torch.testing.assert_close(from_4bit, reference, atol=1e-3, rtol=1e-3)
+    assert (from_original - reference).abs().max() > 10 * (from_4bit - reference).abs().max()
+    manifests = [json.loads((folder / "manifest.json").read_text()) for folder in (default, original)]
+    assert [m["merged_into"] for m in manifests] == ["dequantized_4bit", "original"]
+    assert manifests[0]["parity_vs_adapter"]["top1_agreement"] == 1.0
+    assert manifests[0]["parity_vs_adapter"]["max_abs_logit_diff"] < manifests[1]["parity_vs_adapter"][
+        "max_abs_logit_diff"]
