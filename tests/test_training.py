@@ -74,6 +74,8 @@ def test_train_saves_adapter_with_tokenizer_prompt_and_config(tiny_model_dir, da
     assert {t.dtype for t in load_file(adapter / "adapter_model.safetensors").values()} == {torch.float32}
     config = json.loads((adapter / "run_config.json").read_text())
     assert config["model"]["lora_r"] == 16 and config["training"]["max_steps"] == 3
+    # transformers masks every `*_token` field as `<EOS_TOKEN>` etc.; only credentials stay hidden
+    assert config["training"]["eos_token"] is None and config["training"]["hub_token"] == "<redacted>"
     assert (output_dir / "data" / "stats.json").is_file()
     events = list(output_dir.rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"

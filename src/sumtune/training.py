@@ -27,7 +27,16 @@ from .data import (
     save_prepared,
     subsample,
 )
-from .manifest import publish_dir, read_manifest, redact, tmp_dir_for, write_atomic, write_manifest
+from .manifest import (
+    check_output_path,
+    publish_dir,
+    read_manifest,
+    redact,
+    tmp_dir_for,
+    training_config,
+    write_atomic,
+    write_manifest,
+)
 from .modelcard import write_model_card
 from .modeling import (
     causal_attention_for_right_padded_training,
@@ -312,7 +321,7 @@ def run_config(data_args: DataArguments, training_args: SFTConfig, model_args: M
     return redact({
         "data": dataclasses.asdict(data_args),
         "model": dataclasses.asdict(model_args),
-        "training": json.loads(training_args.to_json_string()),
+        "training": training_config(training_args),
     })
 
 
@@ -365,6 +374,7 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
     """Everything that can be checked before a model is loaded; returns the checkpoint to resume from, if any (none
     with `overwrite`: the run starts over)."""
     output_dir = Path(training_args.output_dir)
+    check_output_path(output_dir)
     check_precision(training_args, model_args, training=True)
     check_process_group(training_args.world_size, "train alone on its own copy of the data", "train.py")
     check_model_source(model_args.model_name_or_path)
