@@ -98,6 +98,8 @@ def evaluate(args, system: str, data: Path, split: str, run_dir: Path | None, ev
     else:
         if system == "zero_shot":
             command += [*model_flag(args), "--load_in_4bit", "false"]
+        elif system == "adapter" and full_fine_tune(run_dir):
+            command += ["--model_name_or_path", str(run_dir / "adapter"), "--load_in_4bit", "false"]
         elif system == "adapter":
             command += [*model_flag(args), "--adapter_path", str(run_dir / "adapter")]
         elif system == "merged":
@@ -106,6 +108,12 @@ def evaluate(args, system: str, data: Path, split: str, run_dir: Path | None, ev
     out.parent.mkdir(parents=True, exist_ok=True)
     run(command, out.with_suffix(".log"))
     return out
+
+
+def full_fine_tune(run_dir: Path) -> bool:
+    """train.py with `use_peft: false` saves the whole model where an adapter would be: it is scored as the
+    "adapter" system and has nothing to merge."""
+    return not (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
 def per_row_scores(eval_dir: Path) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -228,6 +236,9 @@ def main():
         raise SystemExit(f"error: unknown --systems {unknown}; choose from {list(SYSTEMS)}")
     run_dir, info = (train(args, data, args.train_args, work) if {"adapter", "merged"} & set(systems)
                      else (None, {}))
+    if "merged" in systems and full_fine_tune(run_dir):
+        print("full fine-tune (use_peft false): no adapter to merge, the merged system is left out")
+        systems.remove("merged")
     if "merged" in systems:
         info["merge_seconds"] = round(run([sys.executable, "merge.py", "--config", args.recipe, *model_flag(args),
                                            "--adapter_path", str(run_dir / "adapter"), "--output_dir",

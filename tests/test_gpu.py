@@ -94,29 +94,41 @@ def test_padding_free_attention_respects_example_boundaries():
     assert (leaky[:, 37:] - alone[:, 37:]).abs().max() > 1e-2  # the check can see leakage
 
 
-def test_merge_parity_on_gpu(assets, tmp_path):
-    """Merged weights give the logits of base + adapter, compared in fp32 where rounding is negligible.
+@pytest.fixture(scope="module")
+def qlora_adapter(assets, tmp_path_factory):
+    from sumtune.modeling import load_tokenizer
+
+    model_dir, _, _ = assets
+    adapter = tmp_path_factory.mktemp("qlora") / "adapter"
+    _train("qlora", 3, "--save_adapter", str(adapter))
+    load_tokenizer(str(model_dir), "prompts/chat_template.jinja").save_pretrained(adapter)
+    return adapter
+
+
+@pytest.mark.parametrize("merge_base", ["dequantized_4bit", "original"])
+def test_merge_parity_on_gpu(assets, qlora_adapter, tmp_path, merge_base):
+    """Merged weights give the logits of the adapter on the base it is merged into (by default the 4-bit weights it
+    was trained against, dequantized; or the original ones), compared in fp32 where rounding is negligible.
 
     In bf16 (the recipe's dtype) merged and unmerged logits differed by 3.4% (relative norm; H200, 2026-11-27)."""
     from peft import PeftModel
 
     from sumtune.config import parse_args
     from sumtune.merge import merge_adapter
-    from sumtune.modeling import load_model, load_tokenizer
+    from sumtune.modeling import load_model
 
     model_dir, _, _ = assets
-    adapter = tmp_path / "adapter"
-    _train("qlora", 3, "--save_adapter", str(adapter))
-    load_tokenizer(str(model_dir), "prompts/chat_template.jinja").save_pretrained(adapter)
     _, _, _, model_args = parse_args(["--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", str(model_dir),
                                       "--dtype", "float32"])
-    merged_dir = merge_adapter(model_args, str(adapter), tmp_path / "merged")
+    merged_dir = merge_adapter(model_args, str(qlora_adapter), tmp_path / "merged", merge_base=merge_base)
+    assert json.loads((merged_dir / "manifest.json").read_text())["merged_into"] == merge_base
 
     ids = torch.randint(0, 50000, (2, 128), device="cuda")
     with torch.no_grad():
-        base = load_model(model_args, quantize=False, device="cuda").eval()
+        # the 4-bit base computes in the recipe's dtype, float32 here: its weights are the dequantized ones exactly
+        base = load_model(model_args, quantize=merge_base == "dequantized_4bit", device="cuda").eval()
         base_logits = base(ids).logits
-        unmerged = PeftModel.from_pretrained(base, str(adapter)).eval()(ids).logits
+        unmerged = PeftModel.from_pretrained(base, str(qlora_adapter)).eval()(ids).logits
         del base
         model_args.model_name_or_path = str(merged_dir)
         merged = load_model(model_args, quantize=False, device="cuda").eval()(ids).logits
