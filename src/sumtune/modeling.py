@@ -187,16 +187,25 @@ def dequantize_4bit_linears(model) -> int:
     plain matmul (`MatMul4Bit`): generation with an adapter on the 4-bit base repeats that for every layer at every
     decoding step. Doing it once computes with the same weight values for ~2 bytes a parameter instead of ~0.5
     (Phi-2: ~5.2 GB instead of ~1.7 GB); the adapter stays unmerged. transformers' `dequantize()` does the
-    replacement; here it is applied under PEFT's wrapper. Call it before the first forward: on a CPU with AVX512-BF16,
-    bitsandbytes repacks the 4-bit weights for its own kernel at the first eval forward.
+    replacement; here it is applied under PEFT's wrapper.
     """
     import bitsandbytes as bnb
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    count = sum(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
-    if count:
+    layers = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        # On a CPU with AVX512-BF16 bitsandbytes repacks a 4-bit weight for its own kernel at the first eval forward
+        # (and marks the quant state `packing_format_for_cpu`); `dequantize()` reads the packed layout as if it were
+        # the plain one and returns garbage (SmolLM2-135M after one forward: max |weight error| 5.8). bitsandbytes
+        # undoes the packing itself before moving or saving a weight, with this function.
+        if getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+            from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                layer.weight.data, layer.weight.quant_state)
+    if layers:
         base.dequantize()
-    return count
+    return len(layers)
 
 
 def merge_adapter_weights(model):
