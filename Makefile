@@ -1,6 +1,6 @@
 # One interface for people and CI. `make demo` and `make test` install what they need into .venv on first use.
-#   make demo                                   # the whole chain offline on the CPU, tiny model, shipped data
-#   make demo-real                              # the same with a real pretrained model (SmolLM2-135M-Instruct)
+#   make demo                                   # the whole chain offline on the CPU: SmolLM2-135M, shipped data
+#   make demo-tiny                              # the same with a tiny random-weight Phi model
 #   make test                                   # CPU test suite (real 4-bit QLoRA path included)
 #   make all RECIPE=recipes/phi-2/qlora-t4.yaml ACCELERATE_CONFIG=accelerate_configs/single_gpu_t4.yaml
 
@@ -22,10 +22,12 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 DEMO_DIR := outputs/demo
-DEMO_RECIPE := recipes/tiny/demo.yaml
-DEMO_RUN := $(DEMO_DIR)/run
+DEMO_RECIPE := recipes/smollm2-135m/demo-cpu.yaml
+TINY_DIR := outputs/demo-tiny
+TINY_RECIPE := recipes/tiny/demo.yaml
+TINY_RUN := $(TINY_DIR)/run
 
-.PHONY: install real-model data train merge eval report all demo demo-real test test-gpu tensorboard lint clean
+.PHONY: install real-model data train merge eval report all demo demo-tiny test test-gpu tensorboard lint clean
 
 install: $(STAMP)
 
@@ -71,30 +73,29 @@ all: data train merge eval report
 real-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PYTHON) scripts/make_real_model.py --output_dir outputs/models/smollm2-135m
 
-# The same chain on a tiny random-weight Phi model, offline, on the CPU (a few minutes on 2 cores).
-demo: $(STAMP)
-	rm -rf $(DEMO_DIR)
-	HF_HUB_OFFLINE=1 $(PYTHON) scripts/build_tiny_model.py --data data/demo/train.jsonl --output_dir $(DEMO_DIR)/base-model
-	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory data train merge RECIPE=$(DEMO_RECIPE) \
-		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(DEMO_RUN)
-	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(DEMO_RECIPE) --load_in_4bit false \
-		--dataset_name $(DEMO_RUN)/data --output_dir $(DEMO_DIR)/eval/base
-	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(DEMO_RECIPE) --load_in_4bit false \
-		--model_name_or_path $(DEMO_RUN)/merged --dataset_name $(DEMO_RUN)/data --output_dir $(DEMO_DIR)/eval/finetuned
-	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(DEMO_RECIPE) --baseline lead \
-		--dataset_name $(DEMO_RUN)/data --output_dir $(DEMO_DIR)/eval/lead
-	$(PYTHON) scripts/compare.py base=$(DEMO_DIR)/eval/base finetuned=$(DEMO_DIR)/eval/finetuned \
-		lead=$(DEMO_DIR)/eval/lead --output $(DEMO_DIR)/metrics.json
-	HF_HUB_OFFLINE=1 $(PYTHON) report.py --run_dir $(DEMO_RUN) --output_dir $(DEMO_DIR)/report \
-		finetuned=$(DEMO_DIR)/eval/finetuned base=$(DEMO_DIR)/eval/base lead=$(DEMO_DIR)/eval/lead
-
 # The chain of `make all` on a real pretrained model, offline, on the CPU: SmolLM2-135M-Instruct (`make real-model`)
 # fine-tuned with QLoRA on the shipped synthetic news, then base, fine-tuned and lead-1 scored and reported.
-DEMO_REAL_DIR := outputs/demo-real
-demo-real: $(STAMP) real-model
-	rm -rf $(DEMO_REAL_DIR)
-	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory all RECIPE=recipes/smollm2-135m/demo-cpu.yaml \
-		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(DEMO_REAL_DIR)
+demo: $(STAMP) real-model
+	rm -rf $(DEMO_DIR)
+	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory all RECIPE=$(DEMO_RECIPE) \
+		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(DEMO_DIR)
+
+# The same chain on a tiny random-weight Phi model (nothing to download, a few minutes on 2 cores).
+demo-tiny: $(STAMP)
+	rm -rf $(TINY_DIR)
+	HF_HUB_OFFLINE=1 $(PYTHON) scripts/build_tiny_model.py --data data/demo/train.jsonl --output_dir $(TINY_DIR)/base-model
+	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory data train merge RECIPE=$(TINY_RECIPE) \
+		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(TINY_RUN)
+	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(TINY_RECIPE) --load_in_4bit false \
+		--dataset_name $(TINY_RUN)/data --output_dir $(TINY_DIR)/eval/base
+	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(TINY_RECIPE) --load_in_4bit false \
+		--model_name_or_path $(TINY_RUN)/merged --dataset_name $(TINY_RUN)/data --output_dir $(TINY_DIR)/eval/finetuned
+	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(TINY_RECIPE) --baseline lead \
+		--dataset_name $(TINY_RUN)/data --output_dir $(TINY_DIR)/eval/lead
+	$(PYTHON) scripts/compare.py base=$(TINY_DIR)/eval/base finetuned=$(TINY_DIR)/eval/finetuned \
+		lead=$(TINY_DIR)/eval/lead --output $(TINY_DIR)/metrics.json
+	HF_HUB_OFFLINE=1 $(PYTHON) report.py --run_dir $(TINY_RUN) --output_dir $(TINY_DIR)/report \
+		finetuned=$(TINY_DIR)/eval/finetuned base=$(TINY_DIR)/eval/base lead=$(TINY_DIR)/eval/lead
 
 test: $(STAMP) real-model
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q

@@ -3,7 +3,8 @@ scores into the model cards of its adapter and merged model.
 
     python report.py --run_dir outputs/phi-2-xsum-qlora finetuned=outputs/phi-2-xsum-qlora/eval/merged \
         base=outputs/phi-2-xsum-qlora/eval/base lead=outputs/phi-2-xsum-qlora/eval/lead
-    python report.py --run_dir outputs/demo/run --output_dir outputs/demo/report finetuned=outputs/demo/eval/finetuned
+    python report.py --run_dir outputs/demo-tiny/run --output_dir outputs/demo-tiny/report \
+        finetuned=outputs/demo-tiny/eval/finetuned
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Build the demo's base model offline: a byte-level BPE tokenizer trained on the demo data and a random-weight
 tiny Phi model (`PhiForCausalLM` from a small `PhiConfig`).
 
-    python scripts/build_tiny_model.py --data data/demo/train.jsonl --output_dir outputs/demo/base-model
+    python scripts/build_tiny_model.py --data data/demo/train.jsonl --output_dir outputs/demo-tiny/base-model
 """
 
 import argparse
@@ -14,7 +14,7 @@ from sumtune.tiny import build_tiny_model
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/demo/train.jsonl")
-    parser.add_argument("--output_dir", default="outputs/demo/base-model")
+    parser.add_argument("--output_dir", default="outputs/demo-tiny/base-model")
     parser.add_argument("--vocab_size", type=int, default=2000)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_hidden_layers", type=int, default=2)

@@ -1,6 +1,6 @@
 """Collect several evaluations into one ROUGE table and JSON file.
 
-    python scripts/compare.py base=outputs/demo/eval/base finetuned=outputs/demo/eval/finetuned \
+    python scripts/compare.py base=outputs/demo/eval/base finetuned=outputs/demo/eval/merged \
         lead=outputs/demo/eval/lead --output outputs/demo/metrics.json
 """
 

@@ -42,7 +42,7 @@ def parse_pairs(pairs: list[str]) -> list[Evaluation]:
         name, sep, folder = pair.partition("=")
         if not sep or not name or not folder:
             raise ConfigError(f"{pair!r} is not NAME=EVAL_DIR: name each evaluation folder, e.g. "
-                              "finetuned=outputs/demo/eval/finetuned.")
+                              "finetuned=outputs/demo/eval/merged.")
         if name in names:
             raise ConfigError(f"The name {name!r} is given twice: give each evaluation its own name.")
         names.add(name)
