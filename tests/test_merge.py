@@ -104,13 +104,17 @@ def test_qlora_adapter_is_merged_into_the_dequantized_4bit_weights_by_default(ti
     merging into the original weights does not, and the manifest says which was done and how close it came."""
     import json
 
-    from sumtune.modeling import load_model
+    from sumtune.modeling import dequantize_4bit_linears, load_model
 
     model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32", load_in_4bit=True,
                              bnb_4bit_quant_type="nf4", use_peft=True)
     ids = tiny_tokenizer("The council approved a new cycle path.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        reference = PeftModel.from_pretrained(load_model(model_args), adapter_dir)(ids).logits
+        # the adapter, unmerged, on the 4-bit weights exactly: bitsandbytes' CPU kernel (AVX512-BF16) would compute
+        # with its block scales rounded to bf16 (logits off by up to ~1e-3 on this model)
+        unmerged = PeftModel.from_pretrained(load_model(model_args), adapter_dir)
+        dequantize_4bit_linears(unmerged)
+        reference = unmerged(ids).logits
     default = merge_adapter(model_args, str(adapter_dir), tmp_path / "default")
     original = merge_adapter(model_args, str(adapter_dir), tmp_path / "original", merge_base="original")
     with torch.no_grad():
