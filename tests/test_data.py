@@ -191,3 +191,39 @@ def test_prepare_runs_a_bf16_recipe_on_any_machine_and_reuses_its_output(tiny_mo
     replaced = prepare(*common, "--max_length", "512", "--overwrite_output_dir", "true")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "data" / "stats.json").read_text())["max_length"] == 512
+
+
+def test_training_reuses_prepared_data_only_with_the_prompt_it_was_prepared_with(data_dir, tiny_model_dir, tmp_path,
+                                                                                 in_repo):
+    """train.py's own output_dir/data is reused only with the same settings (else an error, or --overwrite_output_dir
+    prepares it again); prepare_data.py's folder is refused with another chat template or instruction."""
+    from sumtune.config import parse_args
+    from sumtune.modeling import load_tokenizer
+    from sumtune.training import resolve_data
+
+    other = tmp_path / "instruction.txt"
+    other.write_text("Write a one-sentence summary of the article.")
+    run = tmp_path / "run"
+
+    def args(dataset, *extra):
+        data_args, _, training_args, _ = parse_args(
+            ["--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir), "--dataset_name",
+             str(dataset), "--output_dir", str(run), "--dataset_num_proc", "1", *extra], script="train.py")
+        return data_args, training_args
+
+    tokenizer = load_tokenizer(str(tiny_model_dir), "prompts/chat_template.jinja")
+    stats = run / "data" / "stats.json"
+    resolve_data(*args(data_dir), tokenizer)
+    first = json.loads(stats.read_text())["settings"]["prompt_hash"]
+    stamp = stats.stat().st_mtime_ns
+    resolve_data(*args(data_dir), tokenizer)
+    assert stats.stat().st_mtime_ns == stamp, "prepared again with the same settings"
+    with pytest.raises(ConfigError, match="already holds data prepared with other settings.*--overwrite_output_dir"):
+        resolve_data(*args(data_dir, "--instruction_path", str(other)), tokenizer)
+    resolve_data(*args(data_dir, "--instruction_path", str(other)), tokenizer, overwrite=True)
+    assert json.loads(stats.read_text())["settings"]["prompt_hash"] != first
+
+    # the folder as prepare_data.py leaves it, given as --dataset_name: now prepared with `other`
+    resolve_data(*args(run / "data", "--instruction_path", str(other)), tokenizer)
+    with pytest.raises(ConfigError, match="prepared with another prompt"):
+        resolve_data(*args(run / "data"), tokenizer)

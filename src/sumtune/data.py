@@ -308,6 +308,15 @@ def check_prepared_budget(path: str | Path, max_length: int) -> None:
                           f"again with --max_length {max_length} (or delete {path}), or pass --max_length {prepared}.")
 
 
+def check_prepared_prompt(path: str | Path, prompt_hash: str) -> None:
+    """Prepared rows were rendered with one chat template and instruction; training must use the same ones."""
+    prepared = (prepared_stats(path).get("settings") or {}).get("prompt_hash")
+    if prepared is not None and prepared != prompt_hash:
+        raise ConfigError(f"{path} was prepared with another prompt (chat template or instruction) than this run's: "
+                          "run prepare_data.py again with this run's --chat_template_path and --instruction_path, or "
+                          "train with the ones it was prepared with.")
+
+
 def describe_split(stats: dict) -> str:
     """One split's statistics as a line a person reads."""
     tokens = stats["num_tokens"]

@@ -20,10 +20,13 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from .config import ConfigError, DataArguments, EvalArguments, RunError, config_summary
 from .data import (
     check_prepared_budget,
+    check_prepared_prompt,
     is_prepared,
     load_prepared,
     prepare_datasets,
+    prepare_settings,
     prepared_stats,
+    reuse_prepared,
     save_prepared,
     subsample,
 )
@@ -56,7 +59,7 @@ from .preflight import (
     check_process_group,
     fsdp_enabled,
 )
-from .prompts import DEFAULT_CHAT_TEMPLATE, read_text
+from .prompts import DEFAULT_CHAT_TEMPLATE, read_text, template_hash
 
 logger = logging.getLogger(__name__)
 
@@ -231,16 +234,25 @@ def prepared_path(data_args: DataArguments, training_args: SFTConfig) -> Path:
     return Path(training_args.output_dir) / DATA_DIR
 
 
-def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer):
-    """Prepared splits: a folder written by prepare_data.py, else prepared now and saved under output_dir/data.
+def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer, overwrite: bool = False):
+    """Prepared splits: a folder written by prepare_data.py, else prepared now and saved under output_dir/data (and
+    reused by a later run only if prepared with the same settings; `overwrite` prepares it again).
 
     Call under `main_process_first()`: the main process prepares, the others then find the folder complete.
     """
     target = prepared_path(data_args, training_args)
-    if not is_prepared(target):
-        dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
-                                          training_args.dataset_num_proc)
-        save_prepared(dataset, stats, target)
+    if target == Path(data_args.dataset_name):
+        # prepare_data.py's rows carry the prompt they were rendered with: training on them with another template or
+        # instruction would teach one prompt while the adapter ships (and evaluate.py renders) the other
+        check_prepared_prompt(target, template_hash(tokenizer.chat_template,
+                                                    read_text(data_args.instruction_path, "Instruction file")))
+    else:
+        settings = prepare_settings(data_args, tokenizer.name_or_path, tokenizer.chat_template,
+                                    training_args.max_length, training_args.seed)
+        if not reuse_prepared(target, settings, overwrite and PartialState().is_main_process):
+            dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
+                                              training_args.dataset_num_proc)
+            save_prepared(dataset, stats, target)
     check_prepared_budget(target, training_args.max_length)
     return load_prepared(target)
 
@@ -271,7 +283,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     # TRL would otherwise re-apply chat_template_path itself; our tokenizer already carries the checked template.
     training_args.chat_template_path = None
     with PartialState().main_process_first():
-        dataset = resolve_data(data_args, training_args, tokenizer)
+        dataset = resolve_data(data_args, training_args, tokenizer,
+                               overwrite=bool(eval_args and eval_args.overwrite_output_dir))
     columns = ["prompt", "completion"]
     train_dataset = dataset["train"].select_columns(columns)
     eval_dataset = dataset["validation"].select_columns(columns) if training_args.eval_strategy != "no" else None
