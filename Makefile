@@ -25,7 +25,6 @@ DEMO_DIR := outputs/demo
 DEMO_RECIPE := recipes/smollm2-135m/demo-cpu.yaml
 TINY_DIR := outputs/demo-tiny
 TINY_RECIPE := recipes/tiny/demo.yaml
-TINY_RUN := $(TINY_DIR)/run
 
 .PHONY: install real-model data train merge eval report all demo demo-tiny test test-gpu tensorboard lint clean
 
@@ -84,18 +83,8 @@ demo: $(STAMP) real-model
 demo-tiny: $(STAMP)
 	rm -rf $(TINY_DIR)
 	HF_HUB_OFFLINE=1 $(PYTHON) scripts/build_tiny_model.py --data data/demo/train.jsonl --output_dir $(TINY_DIR)/base-model
-	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory data train merge RECIPE=$(TINY_RECIPE) \
-		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(TINY_RUN)
-	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(TINY_RECIPE) --load_in_4bit false \
-		--dataset_name $(TINY_RUN)/data --output_dir $(TINY_DIR)/eval/base
-	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(TINY_RECIPE) --load_in_4bit false \
-		--model_name_or_path $(TINY_RUN)/merged --dataset_name $(TINY_RUN)/data --output_dir $(TINY_DIR)/eval/finetuned
-	HF_HUB_OFFLINE=1 $(PYTHON) evaluate.py --config $(TINY_RECIPE) --baseline lead \
-		--dataset_name $(TINY_RUN)/data --output_dir $(TINY_DIR)/eval/lead
-	$(PYTHON) scripts/compare.py base=$(TINY_DIR)/eval/base finetuned=$(TINY_DIR)/eval/finetuned \
-		lead=$(TINY_DIR)/eval/lead --output $(TINY_DIR)/metrics.json
-	HF_HUB_OFFLINE=1 $(PYTHON) report.py --run_dir $(TINY_RUN) --output_dir $(TINY_DIR)/report \
-		finetuned=$(TINY_DIR)/eval/finetuned base=$(TINY_DIR)/eval/base lead=$(TINY_DIR)/eval/lead
+	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory all RECIPE=$(TINY_RECIPE) \
+		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(TINY_DIR)
 
 test: $(STAMP) real-model
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q

@@ -3,8 +3,7 @@ scores into the model cards of its adapter and merged model.
 
     python report.py --run_dir outputs/phi-2-xsum-qlora finetuned=outputs/phi-2-xsum-qlora/eval/merged \
         base=outputs/phi-2-xsum-qlora/eval/base lead=outputs/phi-2-xsum-qlora/eval/lead
-    python report.py --run_dir outputs/demo-tiny/run --output_dir outputs/demo-tiny/report \
-        finetuned=outputs/demo-tiny/eval/finetuned
+    python report.py --run_dir outputs/demo finetuned=outputs/demo/eval/merged base=outputs/demo/eval/base
 """
 
 import argparse

@@ -75,16 +75,13 @@ def merge_adapter(model_args: ModelConfig, adapter_path: str | None, output_dir:
     if model_args.load_in_4bit and merge_base == "dequantized_4bit":
         # The adapter learned to correct the 4-bit weights, not the original ones: adding it to the original
         # checkpoint scored 0.67 ROUGE-1 below the adapter on the 4-bit base (SmolLM2-135M, docs/quality.md).
-        # The reference is a second copy, the adapter unmerged on the same dequantized weights: on a CPU,
-        # bitsandbytes' 4-bit kernel computes with its block scales rounded to bf16 (see dequantize_4bit_linears),
-        # which would blur the comparison with a difference that is not the merge's.
+        # The reference is the adapter unmerged on the same dequantized weights, not bitsandbytes' 4-bit forward: on
+        # a CPU that kernel computes with its block scales rounded to bf16 (see dequantize_4bit_linears), a
+        # difference that is not the merge's.
         model = PeftModel.from_pretrained(load_model(model_args), adapter_path)
         dequantize_4bit_linears(model)
+        reference = _logits(model, probe)
         merged = merge_adapter_weights(model)  # the sum in fp32, rounded once to the weights' dtype
-        unmerged = PeftModel.from_pretrained(load_model(model_args), adapter_path)
-        dequantize_4bit_linears(unmerged)
-        reference = _logits(unmerged, probe)
-        del unmerged
         merged_into = "dequantized_4bit"
     else:
         # Merge in fp32 and cast once: adding the low-rank update to 16-bit weights would round it into 16 bits

@@ -241,7 +241,7 @@ def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer, 
     Call under `main_process_first()`: the main process prepares, the others then find the folder complete.
     """
     target = prepared_path(data_args, training_args)
-    if target == Path(data_args.dataset_name):
+    if is_prepared(data_args.dataset_name):
         # prepare_data.py's rows carry the prompt they were rendered with: training on them with another template or
         # instruction would teach one prompt while the adapter ships (and evaluate.py renders) the other
         check_prepared_prompt(target, template_hash(tokenizer.chat_template,
