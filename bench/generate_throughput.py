@@ -355,8 +355,8 @@ def main():
     if unknown := set(compare) - set(changes):
         sys.exit(f"--compare: unknown {sorted(unknown)}; known: {sorted(changes)}")
     for repeat in range(args.repeats if compare and budgets else 0):
-        # The default alternated with each change, same rows and budget (sdpa: SDPA + a padding mask, the decoding
-        # of session 6; eager: no CUDA graph)
+        # The default alternated with each change, same rows and budget (sdpa: SDPA + a padding mask instead of the
+        # two batched matrix products; eager: no CUDA graph)
         budget = budgets[-1]
         for change in ["default", *compare]:
             kwargs = changes.get(change, {})
