@@ -24,7 +24,10 @@ def test_recipe_parses(recipe, in_repo):
                                                        "down_proj"]}[recipe.parent.name]
     assert model_args.lora_target_modules == family  # every attention and MLP projection of the architecture
     assert (model_args.lora_r, model_args.lora_alpha) == (16, 32)
-    assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4" and model_args.use_bnb_nested_quant
+    if recipe.name.startswith("lora"):  # LoRA on the 16-bit base
+        assert not model_args.load_in_4bit and not model_args.load_in_8bit and model_args.dtype == "bfloat16"
+    else:
+        assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4" and model_args.use_bnb_nested_quant
     assert Path(training_args.chat_template_path).is_file() and Path(data_args.instruction_path).is_file()
     first_line = recipe.read_text().splitlines()[0]
     assert first_line.startswith("#"), "a recipe starts with a comment giving its command"

@@ -47,7 +47,7 @@ def _train(variant: str, steps: int, *extra: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("variant", ["qlora-t4", "qlora", "qlora-40gb"])
+@pytest.mark.parametrize("variant", ["qlora-t4", "qlora", "qlora-40gb", "lora-40gb"])
 def test_recipe_trains_with_finite_loss_and_grad_norm(assets, variant):
     # The recipe's precision, optimizer, LoRA, checkpointing and sampler, at 4 sequences per optimizer step so that
     # 200 steps take minutes (the recipe's own batch is measured by bench/train_throughput.py).
