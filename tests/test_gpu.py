@@ -182,3 +182,51 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(tiny_model_dir, tiny_tokeniz
     runs = {graph: dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=20, batch_size=5,
                                        min_new_tokens=4, cuda_graph=graph)) for graph in (True, False)}
     assert runs[True] == runs[False] and all(len(ids) == 4 for ids in runs[True].values())
+
+
+@pytest.mark.parametrize("heads, kv_heads, dim, window", [(32, 32, 80, None), (9, 3, 64, None), (8, 2, 64, 50)],
+                         ids=["phi-2", "grouped", "sliding"])
+def test_triton_decode_attention_equals_masked_attention(heads, kv_heads, dim, window):
+    """The Triton decoding kernel (bf16 cache, fp32 softmax) equals fp32 SDPA over the slots each row may see:
+    Phi-2's heads, grouped key/value heads (SmolLM2's 9 over 3), and a sliding window."""
+    from sumtune.decode_kernel import triton_decode_attention
+
+    torch.manual_seed(0)
+    rows, slots = 6, 300
+    position = torch.tensor([299, 10, 150, 0, 42, 298], device="cuda")
+    keys, values = (torch.randn(rows, kv_heads, slots, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    query = torch.randn(rows, heads, 1, dim, device="cuda", dtype=torch.bfloat16)
+    out = triton_decode_attention(query, keys, values, position, dim**-0.5, window)
+    slot = torch.arange(slots, device="cuda")
+    visible = slot <= position[:, None]
+    if window:
+        visible &= slot > position[:, None] - window
+    groups = heads // kv_heads
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query.float(), keys.float().repeat_interleave(groups, 1), values.float().repeat_interleave(groups, 1),
+        attn_mask=visible[:, None, None, :])[:, :, 0]
+    assert out.shape == (rows, heads, dim) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=1e-2)
+
+
+def test_triton_decoding_gives_the_matmul_tokens_in_float32(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    """Greedy tokens with the Triton decoding kernel equal the matmul path's in float32, over batches of different
+    lengths, with and without the CUDA graph."""
+    from transformers import AutoModelForCausalLM
+
+    import sumtune.generation as generation
+    from sumtune.generation import iter_token_ids
+    from sumtune.prompts import build_messages
+
+    calls = []
+    kernel = generation.triton_decode_attention
+    monkeypatch.setattr(generation, "triton_decode_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda().eval()
+    instruction = (ROOT / "prompts/instruction.txt").read_text()
+    rows = [build_messages(instruction, "word " * (5 + 37 * i))["prompt"] for i in range(12)]
+    runs = {(kind, graph): dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=20, batch_size=5,
+                                               decode_attention=kind, cuda_graph=graph))
+            for kind in ("matmul", "triton") for graph in (True, False)}
+    assert calls, "the Triton kernel never ran"
+    assert len({tuple(sorted(r.items())) for r in runs.values()}) == 1, runs
