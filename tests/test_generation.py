@@ -1,9 +1,5 @@
 """Generation: token-budget batches cover every row once; batched left-padded greedy equals one row at a time."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from conftest import ARTICLES, ROOT
@@ -373,36 +369,3 @@ def test_decode_attention_equals_masked_sdpa(heads, kv_heads, sliding_window):
     if sliding_window is not None:  # the window hides slots a plain padding mask shows
         full, _ = decode_attention_forward(None, query, keys, values, None, scaling=0.3, decode_position=position)
         assert (full - out).abs().max() > 0.1
-
-
-
-TRITON_CHECK = """
-import sys, torch
-from sumtune.decode_kernel import triton_decode_attention
-from sumtune.generation import decode_attention_forward
-heads, kv_heads, dim = map(int, sys.argv[1:4]); window = int(sys.argv[4]) or None
-torch.manual_seed(0)
-rows, slots = 3, 130
-position = torch.tensor([0, 64, 129])
-keys, values = (torch.randn(rows, kv_heads, slots, dim) for _ in range(2))
-query = torch.randn(rows, heads, 1, dim)
-out = triton_decode_attention(query, keys, values, position, dim**-0.5, window)
-expected, _ = decode_attention_forward(None, query, keys, values, None, scaling=dim**-0.5, decode_position=position,
-                                       sliding_window=window)
-torch.testing.assert_close(out, expected[:, 0], rtol=0, atol=1e-5)
-"""
-
-
-@pytest.mark.parametrize("heads, kv_heads, dim, window", [(4, 4, 80, 0), (9, 3, 64, 0), (8, 2, 64, 50)],
-                         ids=["multi-head", "grouped", "sliding"])
-def test_triton_decode_kernel_in_the_interpreter_equals_matmul_attention(heads, kv_heads, dim, window):
-    """The Triton decoding kernel's logic, run by Triton's CPU interpreter (in its own process: TRITON_INTERPRET is
-    read when triton is imported): the matmul path's attention over each row's slots 0..position (the last `window`
-    of them on a sliding layer). Needs the `triton` package, which PyTorch's CUDA builds bring and its CPU builds
-    do not; on a GPU, tests/test_gpu.py runs the compiled kernel."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(filter(None, [
-        str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK, str(heads), str(kv_heads), str(dim), str(window)],
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -24,7 +24,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.phi.modeling_phi import eager_attention_forward
 
-from .decode_kernel import triton_available, triton_decode_attention
 from .prompts import render_prompt
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def token_budget_batches(lengths: list[int], max_new_tokens: int, batch_size: in
         start += rows
 
 
-DECODE_ATTENTION = ("matmul", "sdpa", "triton")
+DECODE_ATTENTION = ("matmul", "sdpa")
 
 
 def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -108,7 +107,7 @@ def _hidden_slots(slots: int, position: torch.Tensor, sliding_window: int | None
 
 
 def decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                             decode_position=None, sliding_window=None, decode_kernel: str = "matmul", **kwargs):
+                             decode_position=None, sliding_window=None, **kwargs):
     """SDPA, except for greedy_batch's one-token decoding steps over its SlotCache.
 
     SDPA has no fast kernel for one query over a padded cache: with a mask it takes the memory-efficient kernel (cuDNN's
@@ -120,8 +119,6 @@ def decode_attention_forward(module, query, key, value, attention_mask, dropout:
     memory (query head h belongs to kv head h // groups, as transformers' repeat_kv orders them).
     Flash attention's varlen kernel over the same cache (each row's unwritten slots a query-less sequence) was
     measured no faster (its 128-query tiles hold one query here) and dropped (bench/results/generate_throughput.md).
-    `decode_kernel="triton"` (CUDA): the same attention as one Triton kernel (sumtune.decode_kernel) that reads only
-    each row's written slots, instead of the two products over the whole cache.
     Registered with transformers' AttentionInterface below; greedy_batch selects it for its decoding steps only.
     """
     if query.shape[2] != 1 or decode_position is None:
@@ -131,9 +128,6 @@ def decode_attention_forward(module, query, key, value, attention_mask, dropout:
     kv_heads, slots = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     scaling = dim**-0.5 if scaling is None else scaling
-    if decode_kernel == "triton":
-        out = triton_decode_attention(query, key, value, decode_position, scaling, sliding_window)
-        return out[:, None], None  # (rows, 1 query, heads, dim), as transformers expects
     keys = key.reshape(rows * kv_heads, slots, dim)  # views: the cache is (rows, kv heads, slots, dim)
     scores = _scores(query.reshape(rows * kv_heads, groups, dim), keys.transpose(1, 2)) * scaling
     hidden = _hidden_slots(slots, decode_position, sliding_window)
@@ -311,8 +305,7 @@ def greedy_batch(model, input_ids, lengths, max_new_tokens: int, eos: int, pad: 
 
     Same decisions as `generate(do_sample=False)` on each row alone: EOS is banned for the first `min_new_tokens`
     steps, and the loop ends once every row has emitted EOS. `decode_attention` (see decode_attention_forward):
-    "matmul" (models outside matmul_decode_supported fall back to "sdpa"), "triton" (the same attention as one
-    Triton kernel over each row's written slots; "matmul" without CUDA or Triton) or "sdpa": the model's own attention
+    "matmul" (models outside matmul_decode_supported fall back to "sdpa") or "sdpa": the model's own attention
     (SDPA, or eager where the model was loaded so) with a mask per layer type (decode_masks), as transformers decodes.
     `cuda_graph` (CUDA only): capture one decoding step as a CUDA graph per batch and replay it, so the host no
     longer launches each step's ~1,000 kernels one by one. `fuse_rotary`: Phi attention rotates q and k in place
@@ -331,9 +324,7 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     if unknown := set(_layer_types(causal_lm.config)) - set(LAYER_TYPES):
         raise ValueError(f"greedy_batch decodes {LAYER_TYPES} layers, not {sorted(unknown)}: pass a generate() "
                          "option (e.g. use_cache=True) to iter_token_ids to decode through model.generate()")
-    if decode_attention == "triton" and not (input_ids.is_cuda and triton_available()):
-        decode_attention = "matmul"  # the same attention as two matrix products (a CPU, or no Triton)
-    if decode_attention in ("matmul", "triton") and not matmul_decode_supported(causal_lm):
+    if decode_attention == "matmul" and not matmul_decode_supported(causal_lm):
         decode_attention = "sdpa"
     rows, prompt_len = input_ids.shape
     length = prompt_len + max_new_tokens
@@ -370,8 +361,8 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
         step.add_(1)
         position.add_(1)
         mask, extra = None, {}
-        if decode_attention != "sdpa":
-            extra = {"decode_position": position[:, 0], "decode_kernel": decode_attention}
+        if decode_attention == "matmul":
+            extra = {"decode_position": position[:, 0]}
         else:
             mask = decode_masks(causal_lm.config, length, position[:, 0], cache.keys[0].dtype)
         hidden = causal_lm.model(input_ids=token, attention_mask=mask, position_ids=position,
