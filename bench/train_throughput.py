@@ -73,14 +73,9 @@ VARIANTS = {
     "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
     # LoRA on the 16-bit base (no 4-bit dequantization in any forward), at qlora-40gb's speed settings
     "lora-40gb": {"recipe": "recipes/phi-2/lora-40gb.yaml"},
-    "lora-40gb-keep6": {"recipe": "recipes/phi-2/lora-40gb.yaml", "args": ["--uncheckpointed_layers", "6"]},
-    "lora-40gb-keep12": {"recipe": "recipes/phi-2/lora-40gb.yaml", "args": ["--uncheckpointed_layers", "12"]},
-    # The T4 recipe with the big-GPU recipe's levers, under the same cap
+    # The T4 recipe's earlier settings with the big-GPU recipe's levers, under the same cap (= qlora-t4.yaml now)
     "qlora-t4-compile-causal-nodrop": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB,
                                        "args": [*COMPILE, *CAUSAL, "--lora_dropout", "0"]},
-    "qlora-t4-bs32-compile-causal-nodrop": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB,
-                                            "args": [*COMPILE, *CAUSAL, "--lora_dropout", "0",
-                                                     "--per_device_train_batch_size", "32"]},
 }
 BF16 = ["--config", "recipes/phi-2/qlora.yaml"]
 FP16 = ["--config", "recipes/phi-2/qlora-t4.yaml"]
