@@ -18,6 +18,7 @@ and are matched against stock batch 1 on that model; `*_stock_act` runs the proj
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import shlex
@@ -26,10 +27,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from sumtune.data import fit_to_budget
-from sumtune.generation import DECODE_ATTENTION, iter_token_ids, matmul_decode_supported
+from sumtune.generation import DECODE_ATTENTION, SlotCache, iter_token_ids, matmul_decode_supported
 from sumtune.modeling import FUSED_ACTIVATIONS, load_tokenizer
 from sumtune.prompts import read_text, render_prompt
 
@@ -83,7 +84,8 @@ def parse_args():
     p.add_argument("--compare", default="eager,cat_rotary,sdpa",
                    help="Also time the last budget with these changes to the project path, alternated with the default "
                         "--repeats times: eager (no CUDA graph), cat_rotary (transformers' rotary embedding), sdpa "
-                        "(SDPA decoding attention with a mask); '' for none.")
+                        "(SDPA decoding attention with a mask), copy_prefill (the prefill into a DynamicCache, then "
+                        "copied into the decoding cache); '' for none.")
     p.add_argument("--repeats", type=int, default=2, help="Rounds of the --compare alternation.")
     p.add_argument("--eager", action="store_true", help="Project path without a CUDA graph of the decoding step.")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
@@ -202,6 +204,31 @@ def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int,
                 margins[start + offset] = [dict(zip(ids, values, strict=True)) for ids, values in
                                            zip(top.indices[offset].tolist(), top.values[offset].tolist(), strict=True)]
     return out
+
+
+class _CopyAfterPrefill(DynamicCache):
+    """The prefill as it ran before sumtune.generation wrote into its SlotCache directly: a DynamicCache's update
+    (its concatenation to an empty tensor), then a copy into the SlotCache's buffers. The same GPU work as that path."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        self.target.write_prefill(keys, values, layer_idx)
+        return keys, values
+
+
+@contextlib.contextmanager
+def copy_prefill():
+    """Bench-only: greedy_batch's prefill through _CopyAfterPrefill (the `copy_prefill` comparison)."""
+    original = SlotCache.prefill_cache
+    SlotCache.prefill_cache = lambda self: _CopyAfterPrefill(self)
+    try:
+        yield
+    finally:
+        SlotCache.prefill_cache = original
 
 
 def timed(device: str, fn):
@@ -349,7 +376,7 @@ def main():
                batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation,
                deterministic=args.deterministic, **settings)
         reference[f"project_{budget}"] = out
-    changes = {"eager": {"cuda_graph": False}, "cat_rotary": {"fuse_rotary": False},
+    changes = {"eager": {"cuda_graph": False}, "cat_rotary": {"fuse_rotary": False}, "copy_prefill": {},
                **{k: {"decode_attention": k} for k in DECODE_ATTENTION}}
     compare = [c for c in args.compare.split(",") if c]
     if unknown := set(compare) - set(changes):
@@ -360,7 +387,8 @@ def main():
         budget = budgets[-1]
         for change in ["default", *compare]:
             kwargs = changes.get(change, {})
-            out, s, mem = timed(device, lambda kwargs=kwargs, budget=budget: project(model, budget, **kwargs))
+            with copy_prefill() if change == "copy_prefill" else contextlib.nullcontext():
+                out, s, mem = timed(device, lambda kwargs=kwargs, budget=budget: project(model, budget, **kwargs))
             record(f"project_bf16_tokens{budget}_{change}_round{repeat + 1}", False, out, s, mem, ref, decode=loop,
                    batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}",
                    activation=activation, **{**settings, **kwargs}, same_tokens_as_default=round(

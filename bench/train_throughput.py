@@ -76,6 +76,10 @@ VARIANTS = {
     # The T4 recipe's earlier settings with the big-GPU recipe's levers, under the same cap (= qlora-t4.yaml now)
     "qlora-t4-compile-causal-nodrop": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB,
                                        "args": [*COMPILE, *CAUSAL, "--lora_dropout", "0"]},
+    # The big-GPU recipe with SDPA's flash kernel inside the compiled layers instead of cuDNN's (the 2026-12-02
+    # profile: cuDNN there), and with 4 more layers keeping their activations (its peak was 33.9 GiB of 40)
+    "qlora-40gb-no-cudnn-sdp": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "patch": ["no-cudnn-sdp"]},
+    "qlora-40gb-keep14": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--uncheckpointed_layers", "14"]},
 }
 BF16 = ["--config", "recipes/phi-2/qlora.yaml"]
 FP16 = ["--config", "recipes/phi-2/qlora-t4.yaml"]

@@ -369,3 +369,28 @@ def test_decode_attention_equals_masked_sdpa(heads, kv_heads, sliding_window):
     if sliding_window is not None:  # the window hides slots a plain padding mask shows
         full, _ = decode_attention_forward(None, query, keys, values, None, scaling=0.3, decode_position=position)
         assert (full - out).abs().max() > 0.1
+
+
+def test_prefill_writes_the_keys_of_a_dynamic_cache_into_the_decoding_buffers(tiny_model_dir, tiny_tokenizer):
+    """The prefill fills the decoding cache directly: per layer, the keys and values a DynamicCache would hold, then
+    zeros up to the buffer's length (softmax weights of 0 must not meet NaN there); the prefill's own cache object
+    keeps no layers, and the hidden states are the DynamicCache prefill's."""
+    from transformers import DynamicCache
+
+    from sumtune.generation import SlotCache
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([tiny_tokenizer.encode("A short article about the weather today.")] * 2)
+    with torch.no_grad():
+        reference = model.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+        slots = SlotCache(ids.shape[1] + 5)
+        prefill = slots.prefill_cache()
+        hidden = model.model(input_ids=ids, past_key_values=prefill, use_cache=True).last_hidden_state
+    assert torch.equal(hidden, reference.last_hidden_state) and len(prefill.layers) == 0
+    assert len(slots.keys) == len(slots.values) == model.config.num_hidden_layers
+    buffers_by_layer = zip(slots.keys, slots.values, strict=True)
+    for layer, buffers in zip(reference.past_key_values.layers, buffers_by_layer, strict=True):
+        for expected, buffer in zip((layer.keys, layer.values), buffers, strict=True):
+            assert buffer.shape[2] == ids.shape[1] + 5
+            assert torch.equal(buffer[:, :, :ids.shape[1]], expected)
+            assert not buffer[:, :, ids.shape[1]:].any()
