@@ -3,7 +3,7 @@
 row's slots across programs (flash-decoding) and which masks by a function of the row's position, so no hand-written
 kernel is needed. Shapes are one decoding step of a generation batch: rows x heads x slots x head dim, with each
 row's position a few slots before the end, as in a length-sorted batch. Reports microseconds per call, the
-bandwidth of reading the keys and values once, and the largest difference from a float32 reference.
+bandwidth of reading the keys and values once, and the largest difference from a float64 reference.
 
     python bench/decode_attention.py --output $OUT/decode_attention.jsonl          # CUDA
     python bench/decode_attention.py --device cpu --shapes 2x4x2x40x16 --iters 1   # CPU smoke test (eager flex)
@@ -44,15 +44,14 @@ def flex_decode(flex, query, key, value, position, block: int = 128):
     return flex(query, key, value, block_mask=mask, enable_gqa=key.shape[1] != query.shape[1])
 
 
-def time_us(fn, iters: int) -> float:
+def time_us(fn, iters: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / iters * 1e6
 
 
@@ -80,7 +79,7 @@ def measure(shape: str, device: torch.device, flex, generator: torch.Generator, 
         out = fn()
         first_call_s = time.perf_counter() - start
         error = (out.double() - reference).abs().max().item()
-        us = time_us(fn, iters)
+        us = time_us(fn, iters, device)
         results.append({"shape": shape, "kernel": name, "us_per_call": round(us, 1),
                         "kv_read_tb_per_s": round(kv_bytes / us / 1e6, 2), "max_abs_error_vs_fp64": error,
                         "first_call_s": round(first_call_s, 2)})

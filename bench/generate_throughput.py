@@ -207,8 +207,8 @@ def stock_generate(model, tokenizer, prompts, batch_size: int, new_tokens: int,
 
 
 class _CopyAfterPrefill(DynamicCache):
-    """The prefill as it ran before sumtune.generation wrote into its SlotCache directly: a DynamicCache's update
-    (its concatenation to an empty tensor), then a copy into the SlotCache's buffers. The same GPU work as that path."""
+    """The baseline of the `copy_prefill` comparison: a DynamicCache's own update (its concatenation to an empty
+    tensor), then a copy into the SlotCache's buffers, the GPU work of a prefill into a plain DynamicCache."""
 
     def __init__(self, target):
         super().__init__()

@@ -383,7 +383,7 @@ def test_prefill_writes_the_keys_of_a_dynamic_cache_into_the_decoding_buffers(ti
     ids = torch.tensor([tiny_tokenizer.encode("A short article about the weather today.")] * 2)
     with torch.no_grad():
         reference = model.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
-        slots = SlotCache(ids.shape[1] + 5)
+        slots = SlotCache(ids.shape[1] + 5, torch.zeros(2, dtype=torch.long))
         prefill = slots.prefill_cache()
         hidden = model.model(input_ids=ids, past_key_values=prefill, use_cache=True).last_hidden_state
     assert torch.equal(hidden, reference.last_hidden_state) and len(prefill.layers) == 0

@@ -250,11 +250,13 @@ class SlotCache:
     per-layer bookkeeping whose attributes change between transformers versions. The prefill writes through
     `prefill_cache()` instead."""
 
-    def __init__(self, length: int):
-        """Empty; the prefill (through `prefill_cache()`) allocates each layer's buffers of `length` slots."""
+    def __init__(self, length: int, slots: torch.Tensor):
+        """Empty; the prefill (through `prefill_cache()`) allocates each layer's buffers of `length` slots.
+        `slots` (rows,): where each row's next token goes, moved in place by the caller."""
         self.length = length
         self.keys, self.values = [], []
-        self.rows = self.slots = None
+        self.slots = slots
+        self.rows = torch.arange(slots.shape[0], device=slots.device)
 
     def prefill_cache(self) -> DynamicCache:
         """The cache to pass the prefill: it writes each layer's keys and values into this cache's buffers."""
@@ -273,9 +275,6 @@ class SlotCache:
             buffer[:, :, prompt_len:] = 0
             target.append(buffer)
             written.append(buffer[:, :, :prompt_len])
-        if self.rows is None:
-            self.rows = torch.arange(rows, device=key_states.device)
-            self.slots = torch.zeros(rows, dtype=torch.long, device=key_states.device)
         return tuple(written)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
@@ -365,19 +364,18 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     # their cache slots are overwritten by the row's new tokens before any step reads them, and each row's first
     # token comes from its last real position.
     # The prefill writes every layer's keys and values straight into the decoding cache's buffers.
-    cache = SlotCache(length)
+    position = lengths[:, None].clone() - 1  # position (= cache slot) of the token fed in; moved before each step
+    cache = SlotCache(length, position[:, 0])
     with torch.profiler.record_function("sumtune.prefill"):
         hidden = causal_lm.model(input_ids=input_ids, past_key_values=cache.prefill_cache(),
                                  use_cache=True).last_hidden_state
-    logits = next_token_logits(causal_lm, hidden[torch.arange(rows, device=device), lengths - 1])
+    logits = next_token_logits(causal_lm, hidden[cache.rows, lengths - 1])
     del hidden
 
     out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     token = torch.zeros(rows, 1, dtype=torch.long, device=device)
     step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being chosen
-    position = lengths[:, None].clone() - 1  # position (= cache slot) of the token fed in; moved before each step
-    cache.slots = position[:, 0]
 
     def choose(logits):
         logits[:, eos] = torch.where(step[0] < min_new_tokens, float("-inf"), logits[:, eos])
