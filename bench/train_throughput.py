@@ -81,8 +81,8 @@ VARIANTS = {
     "qlora-40gb-no-cudnn-sdp": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "patch": ["no-cudnn-sdp"]},
     "qlora-40gb-keep14": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--uncheckpointed_layers", "14"]},
     "qlora-40gb-keep12": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--uncheckpointed_layers", "12"]},
-    # Nothing recomputed at the recipe's batch of 32 (~86 GiB, for an 80 GB+ card): what its kernels give without
-    # any recomputation, a bound on what more memory could buy this recipe
+    # Nothing recomputed at the recipe's batch of 32 (~86 GiB: an H200, not an 80 GB card): what its kernels give
+    # without any recomputation, a bound on what more memory could buy this recipe
     "qlora-40gb-keep32": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--uncheckpointed_layers", "32"]},
     # PyTorch's fused AdamW (one kernel for all LoRA tensors, float32 states) instead of bitsandbytes' paged 8-bit one,
     # which launches kernels per tensor (4.7% of the 2026-12-02 profile's GPU time); LoRA's states are ~0.2 GB in fp32
