@@ -1,5 +1,6 @@
 """The entry points' command line: `--help` of each script, the recipe parser's stage rules, the one-line config."""
 
+import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,19 @@ def test_help_prints_usage_and_every_option(helps, script):
         assert flag in result.stdout, flag
     assert "38% of rows" in " ".join(result.stdout.split())
     assert "Traceback" not in result.stderr
+    assert "Failed to load" not in result.stderr  # bitsandbytes' Hub-kernel warning on AVX512-BF16 CPUs (cli.py)
+
+
+def test_bitsandbytes_hub_kernel_warning_is_dropped_and_its_other_messages_kept(caplog):
+    import sumtune.cli  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                       "`pip install kernels`", "No module named 'kernels'")
+        logger.warning("Failed to load the CPU library")
+    assert [record.getMessage() for record in caplog.records if record.name == logger.name] == [
+        "Failed to load the CPU library"]
 
 
 def test_every_help_text_expands():

@@ -10,6 +10,12 @@ from collections.abc import Callable
 
 # Every torch.load (checkpoint optimizer, scheduler and RNG states included) may only read tensors, never pickled code.
 os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+# bitsandbytes, imported on a CPU with AVX512-BF16, tries to fetch an optional faster 4-bit kernel from the Hub (through
+# the `kernels` package) and warns "Failed to load ..." when it cannot; it then runs its own CPU kernels, which the
+# tests check. Offline that warning reads like an error at every start, so it is dropped (before the imports below
+# load bitsandbytes); its other messages stay.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward"))
 
 from .config import ConfigError, RunError  # noqa: E402  (torch must see the variable above first)
 
