@@ -11,7 +11,6 @@ from sumtune.config import parse_args
 from sumtune.data import prepare_datasets, prepare_settings, reuse_prepared, save_prepared
 from sumtune.manifest import check_output_path
 from sumtune.modeling import load_tokenizer
-from sumtune.prompts import load_chat_template
 from sumtune.training import DATA_DIR
 
 logger = logging.getLogger("prepare_data")
@@ -21,16 +20,15 @@ def main():
     data_args, eval_args, training_args, model_args = parse_args(script="prepare_data.py")
     check_output_path(training_args.output_dir)
     target = Path(training_args.output_dir) / DATA_DIR
-    settings = prepare_settings(data_args, model_args.model_name_or_path,
-                                load_chat_template(training_args.chat_template_path), training_args.max_length,
-                                training_args.seed)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
+                               revision=model_args.model_revision)
+    settings = prepare_settings(data_args, model_args.model_name_or_path, tokenizer.chat_template,
+                                training_args.max_length, training_args.seed)
     if reuse_prepared(target, settings, eval_args.overwrite_output_dir):
         logger.info("%s already holds data prepared with these settings: reusing it (--overwrite_output_dir true "
                     "prepares it again).", target)
         print(f"Prepared data in {target} (reused)")
         return
-    tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
-                               revision=model_args.model_revision)
     dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
                                       training_args.dataset_num_proc)
     save_prepared(dataset, stats, target)

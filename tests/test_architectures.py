@@ -113,13 +113,22 @@ FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3": 
 
 def tiny_family_model(family: str, tokenizer_dir, output_dir):
     """A random-weight 2-layer model of `family` with grouped key/value heads (4 query, 2 key/value), saved with the
-    Phi tiny model's byte-level BPE tokenizer."""
+    Phi tiny model's byte-level BPE tokenizer; for Gemma 3 that tokenizer starts every text with a BOS of its own, as
+    Gemma's does."""
     import transformers as tf
+    from tokenizers.processors import TemplateProcessing
 
     tokenizer = tf.AutoTokenizer.from_pretrained(tokenizer_dir)
-    eos = tokenizer.eos_token_id
+    eos = bos = tokenizer.eos_token_id
+    if family == "gemma3":
+        backend = tokenizer.backend_tokenizer
+        backend.add_special_tokens(["<bos>"])
+        bos = backend.token_to_id("<bos>")
+        backend.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+        tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>",
+                                               eos_token=tokenizer.eos_token)
     shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=eos,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=bos,
                  eos_token_id=eos, pad_token_id=eos)
     config = {
         "llama": lambda: tf.LlamaConfig(**shape),
@@ -131,7 +140,7 @@ def tiny_family_model(family: str, tokenizer_dir, output_dir):
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_config(config)
     assert type(model).__name__ == FAMILIES[family]
-    model.generation_config = tf.GenerationConfig(eos_token_id=eos, pad_token_id=eos, bos_token_id=eos)
+    model.generation_config = tf.GenerationConfig(eos_token_id=eos, pad_token_id=eos, bos_token_id=bos)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     return output_dir
@@ -157,8 +166,9 @@ def test_family_goes_through_prepare_train_merge_evaluate(family, tiny_model_dir
     run = tmp_path / "run"
     common = ["--config", recipe, "--model_name_or_path", base, "--max_length", "256", "--report_to", "none"]
 
-    run_entry_point("prepare_data.py", *common, "--dataset_name", data_dir, "--output_dir", run,
-                    monkeypatch=monkeypatch)
+    for _ in range(2):  # the second run finds the data prepared with the same settings and reuses it
+        run_entry_point("prepare_data.py", *common, "--dataset_name", data_dir, "--output_dir", run,
+                        monkeypatch=monkeypatch)
     from sumtune import training
 
     built = []  # the class of the layer under the first adapter: the 4-bit base really trained
@@ -196,3 +206,15 @@ def test_family_goes_through_prepare_train_merge_evaluate(family, tiny_model_dir
     assert all(isinstance(r["prediction"], str) for r in rows)
     metrics = json.loads((run / "eval/metrics.json").read_text())
     assert metrics["num_rows"] == 4 and metrics["mode"] == "model"
+
+    # One prompt throughout, BOS first where the tokenizer starts texts with it: the template saved beside the adapter
+    # and the merged model is the one that rendered the data and the prompts, and every manifest hashes it.
+    from sumtune.prompts import template_hash
+
+    saved = (adapter / "chat_template.jinja").read_text()
+    assert saved.startswith("{{ bos_token }}") == (family == "gemma3")
+    assert (run / "merged/chat_template.jinja").read_text() == saved
+    prompt_hash = template_hash(saved, (ROOT / "prompts/instruction.txt").read_text())
+    assert json.loads((run / "data/stats.json").read_text())["settings"]["prompt_hash"] == prompt_hash
+    for folder in (adapter, run / "merged", run / "eval"):
+        assert json.loads((folder / "manifest.json").read_text())["prompt_hash"] == prompt_hash, folder

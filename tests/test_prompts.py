@@ -102,5 +102,7 @@ def test_bos_opens_the_chat_once_where_the_tokenizer_starts_texts_with_it(tiny_t
     assert batch["input_ids"][0].tolist()[:len(prompt_ids)] == prompt_ids
     assert tok.decode(batch["labels"][0][batch["labels"][0] != -100].tolist()) == ARTICLES[0][1] + tok.eos_token
 
-    # the template the project ships does not emit BOS itself: a tokenizer that adds none gets none
-    assert not render_prompt(tiny_tokenizer, row["prompt"]).startswith(tiny_tokenizer.bos_token)
+    # a template that already opens with BOS (the one saved beside an adapter) gets no second one
+    (tmp_path / "saved.jinja").write_text(tok.chat_template)
+    again = load_tokenizer(str(folder), str(tmp_path / "saved.jinja"))
+    assert again.chat_template == tok.chat_template and render_prompt(again, row["prompt"]) == prompt

@@ -58,7 +58,7 @@ from .predictions import (
     partial_path,
 )
 from .preflight import check_adapter, check_model_source, check_precision, check_process_group
-from .prompts import DEFAULT_CHAT_TEMPLATE, read_text, template_hash
+from .prompts import read_text, template_hash
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         if mode == "lead":
             predictions = [lead_sentence(article) for article in dataset["document"]]
         else:
-            template = read_text(training_args.chat_template_path or DEFAULT_CHAT_TEMPLATE, "Chat template")
+            template = eval_tokenizer(eval_args, training_args, model_args).chat_template
             prompt_hash = template_hash(template, read_text(data_args.instruction_path, "Instruction file"))
             settings |= {"model": model_args.model_name_or_path, "model_revision": model_args.model_revision,
                          "model_fingerprint": model_fingerprint(model_args.model_name_or_path),

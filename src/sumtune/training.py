@@ -59,7 +59,7 @@ from .preflight import (
     check_process_group,
     fsdp_enabled,
 )
-from .prompts import DEFAULT_CHAT_TEMPLATE, read_text, template_hash
+from .prompts import read_text, template_hash
 
 logger = logging.getLogger(__name__)
 
@@ -424,7 +424,6 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
     folder. The adapter folder appears only when complete (built in `adapter.tmp`, then renamed)."""
     output_dir = Path(training_args.output_dir)
     adapter_dir = output_dir / ADAPTER_DIR
-    template_path = training_args.chat_template_path
     config = run_config(data_args, training_args, model_args)
     overwrite = bool(eval_args and eval_args.overwrite_output_dir)
     if not overwrite and finished_adapter(adapter_dir, config, prepared_path(data_args, training_args)):
@@ -453,7 +452,8 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
     trainer.save_model(str(tmp))
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(tmp))
-        shutil.copy(template_path or DEFAULT_CHAT_TEMPLATE, tmp / "chat_template.jinja")
+        # the template training rendered with (BOS-prefixed where the tokenizer starts texts with BOS)
+        (tmp / "chat_template.jinja").write_text(trainer.processing_class.chat_template, encoding="utf-8")
         instruction = read_text(data_args.instruction_path, "Instruction file")
         (tmp / "instruction.txt").write_text(instruction)
         (tmp / RUN_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
