@@ -170,13 +170,12 @@ def finished_predictions(output_dir: Path, run_key: dict, ids: list[str]) -> lis
     return [r["prediction"] for r in rows]
 
 
-def generate_missing(rows, prepared: bool, data_args: DataArguments, eval_args: EvalArguments,
+def generate_missing(rows, prepared: bool, tokenizer, data_args: DataArguments, eval_args: EvalArguments,
                      training_args: SFTConfig, model_args: ModelConfig, output_dir: Path, run_key: dict,
                      state: PartialState) -> tuple[list[str], dict | None] | None:
     """Every row's prediction, generating only those not already in a partial file; each process generates its
     share into its own partial file, which grows as they come. Returns them on the main process with the generation
     timing (None when nothing was generated), None elsewhere."""
-    tokenizer = eval_tokenizer(eval_args, training_args, model_args)
     prompts = eval_prompts(rows, prepared, tokenizer, data_args, training_args.max_length)
     ids = [str(i) for i in rows["id"]]
     if eval_args.overwrite_output_dir:  # replaced on purpose: nothing made before is kept
@@ -366,8 +365,9 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         if mode == "lead":
             predictions = [lead_sentence(article) for article in dataset["document"]]
         else:
-            template = eval_tokenizer(eval_args, training_args, model_args).chat_template
-            prompt_hash = template_hash(template, read_text(data_args.instruction_path, "Instruction file"))
+            tokenizer = eval_tokenizer(eval_args, training_args, model_args)  # its template: BOS put first where due
+            instruction = read_text(data_args.instruction_path, "Instruction file")
+            prompt_hash = template_hash(tokenizer.chat_template, instruction)
             settings |= {"model": model_args.model_name_or_path, "model_revision": model_args.model_revision,
                          "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
                          "adapter": eval_args.adapter_path,
@@ -382,8 +382,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
             return finished if state.is_main_process else None
         output_dir.mkdir(parents=True, exist_ok=True)
         if mode == "model":
-            generated = generate_missing(dataset, prepared, data_args, eval_args, training_args, model_args,
-                                         output_dir, settings, state)
+            generated = generate_missing(dataset, prepared, tokenizer, data_args, eval_args, training_args,
+                                         model_args, output_dir, settings, state)
             if generated is None:
                 return None  # the main process merges every process's predictions and writes the files
             predictions, timing = generated
