@@ -3,11 +3,13 @@
 95% intervals, and a paired bootstrap interval for each difference between systems (same rows, resampled together).
 
     python scripts/make_real_model.py                                      # outputs/models/smollm2-135m
-    python bench/quality.py --recipe recipes/smollm2-135m/qlora.yaml --data ../shared/data/xsum_test_sample_500.jsonl
-    python bench/quality.py ... --tune bench/quality_tuning.json           # validation rows only: a sweep
+    python bench/quality.py --recipe recipes/smollm2-135m/qlora.yaml --train-rows 1000
+    python bench/quality.py ... --tune bench/quality_curve.json            # validation rows only: a sweep
 
-The data file's rows are split by `--split-seed` into train (of which the last `--validation-rows` are the
-validation rows used for tuning and eval loss) and test rows. A test run appends one JSON object per system to
+Training and tuning rows come from `--train-data`, test rows from `--test-data` (different files: no test row is
+ever trained or tuned on). The train file's rows are shuffled by `--split-seed`; the first `--validation-rows` are
+the validation rows (tuning and eval loss), the next `--train-rows` the training rows, so a smaller training set is
+a subset of a larger one with the same validation rows. A test run appends one JSON object per system to
 `--results`; a tuning run appends one per setting, scored on the validation rows, to `--tuning-results`.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -38,19 +41,37 @@ DEFAULT_TRAIN_ARGS = ("--max_steps -1 --num_train_epochs 5 --eval_strategy epoch
 SYSTEMS = ("zero_shot", "adapter", "merged", "lead")
 
 
-def split_rows(path: Path, train_rows: int, validation_rows: int, test_rows: int, seed: int, folder: Path) -> dict:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if train_rows + test_rows > len(rows) or validation_rows >= train_rows:
-        raise SystemExit(f"error: {path} has {len(rows)} rows; asked for {train_rows} train (of which "
-                         f"{validation_rows} validation) + {test_rows} test.")
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist; pass --train-data / --test-data")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def split_rows(train_data: Path, test_data: Path, train_rows: int | None, validation_rows: int,
+               test_rows: int | None, seed: int, folder: Path) -> dict:
+    """Write folder/{train,validation,test}.jsonl and return their row counts. The train file is shuffled by `seed`:
+    validation rows first, then training rows (so every training size shares one validation set); test rows are the
+    first `test_rows` of the test file."""
+    rows, test = read_jsonl(train_data), read_jsonl(test_data)
+    available = len(rows) - validation_rows
+    train_rows = available if train_rows is None else train_rows
+    test_rows = len(test) if test_rows is None else test_rows
+    if validation_rows < 1 or not 1 <= train_rows <= available or not 1 <= test_rows <= len(test):
+        raise SystemExit(f"error: {train_data} has {len(rows)} rows and {test_data} {len(test)}; asked for "
+                         f"{validation_rows} validation + {train_rows} train rows and {test_rows} test rows")
+    if {row["id"] for row in rows} & {row["id"] for row in test[:test_rows]}:
+        raise SystemExit(f"error: {train_data} and {test_data} share rows; test rows must be unseen")
     order = np.random.default_rng(seed).permutation(len(rows))
-    cut = train_rows - validation_rows
-    parts = {"train": order[:cut], "validation": order[cut:train_rows],
-             "test": order[train_rows:train_rows + test_rows]}
+    parts = {"validation": [rows[i] for i in order[:validation_rows]],
+             "train": [rows[i] for i in order[validation_rows:validation_rows + train_rows]],
+             "test": test[:test_rows]}
     folder.mkdir(parents=True, exist_ok=True)
-    for name, indices in parts.items():
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(rows[i]) + "\n" for i in indices), encoding="utf-8")
-    return {name: len(indices) for name, indices in parts.items()}
+    for name, part in parts.items():
+        # Written whole under a private name, then renamed: processes sharing the folder never read half a file.
+        tmp = folder / f".{name}.jsonl.{os.getpid()}"
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in part), encoding="utf-8")
+        os.replace(tmp, folder / f"{name}.jsonl")
+    return {name: len(part) for name, part in parts.items()}
 
 
 def run(command: list[str], log: Path) -> float:
@@ -157,7 +178,8 @@ def append(path: Path, rows: list[dict]) -> None:
 def common_fields(args, counts: dict) -> dict:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_name(),
             "versions": package_versions(), "model": args.model or "(recipe)", "recipe": args.recipe,
-            "data": str(args.data), "split_seed": args.split_seed, "rows": counts,
+            "train_data": str(args.train_data), "test_data": str(args.test_data), "split_seed": args.split_seed,
+            "rows": counts,
             "command": shlex.join([Path(sys.executable).name, *sys.argv]), "note": args.note}
 
 
@@ -174,16 +196,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/smollm2-135m/qlora.yaml")
     parser.add_argument("--model", default=None, help="Overrides the recipe's model_name_or_path.")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/xsum_test_sample_500.jsonl")
-    parser.add_argument("--train-rows", type=int, default=300)
-    parser.add_argument("--validation-rows", type=int, default=60, help="Carved from the train rows.")
-    parser.add_argument("--test-rows", type=int, default=200)
+    parser.add_argument("--train-data", type=Path, default=ROOT.parent / "shared/data/xsum_nontest_3k.jsonl")
+    parser.add_argument("--test-data", type=Path, default=ROOT.parent / "shared/data/xsum_test_sample_500.jsonl")
+    parser.add_argument("--train-rows", type=int, default=None, help="Default: every row not used for validation.")
+    parser.add_argument("--validation-rows", type=int, default=300, help="Carved from --train-data by --split-seed.")
+    parser.add_argument("--test-rows", type=int, default=None, help="Default: every row of --test-data.")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--train-args", default=DEFAULT_TRAIN_ARGS, help="Extra train.py flags.")
     parser.add_argument("--eval-args", default="", help="Extra evaluate.py flags for the model systems.")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--tune", type=Path, default=None,
-                        help="JSON list of {name, train_args, eval_args}: train each, score on the validation rows.")
+                        help="JSON list of {name, train_args, eval_args}: train each, score on the validation rows; "
+                             "or an object from training-row counts to such lists (the one for --train-rows).")
     parser.add_argument("--best-from", type=Path, default=None,
                         help="A tuning results file: take the setting with the highest validation ROUGE-1 among its "
                              "rows with this --note, and run the test with its train and eval flags.")
@@ -197,12 +221,18 @@ def main():
     args = parser.parse_args()
     work = args.work_dir.resolve()
     data = work / "data"
-    counts = split_rows(args.data, args.train_rows, args.validation_rows, args.test_rows, args.split_seed, data)
+    counts = split_rows(args.train_data, args.test_data, args.train_rows, args.validation_rows, args.test_rows,
+                        args.split_seed, data)
     print(f"rows: {counts}", flush=True)
 
     if args.tune is not None:
         index, count = (int(v) for v in args.tune_shard.split("/"))
         settings = json.loads(args.tune.read_text())
+        if isinstance(settings, dict):
+            if str(counts["train"]) not in settings:
+                raise SystemExit(f"error: {args.tune} has settings for {sorted(settings)} training rows, "
+                                 f"not {counts['train']}")
+            settings = settings[str(counts["train"])]
         groups = list(dict.fromkeys(setting.get("train_args", "") for setting in settings))[index::count]
         settings = [setting for setting in settings if setting.get("train_args", "") in groups]  # one training each
         for setting in settings:
