@@ -11,7 +11,7 @@ import time
 
 from transformers import TrainerCallback
 
-from .generation import generate_summaries
+from .decoding import Decoding
 from .metrics import rouge_per_example
 
 logger = logging.getLogger(__name__)
@@ -24,12 +24,10 @@ class RougeCallback(TrainerCallback):
     Under FSDP every rank must join each forward pass, so generation on one rank would hang: not supported there.
     """
 
-    def __init__(self, trainer, prompts: list[list[dict]], references: list[str], max_new_tokens: int,
-                 batch_size: int, max_batch_tokens: int | None):
+    def __init__(self, trainer, prompts: list[list[dict]], references: list[str], decoding: Decoding):
         self.trainer = trainer
         self.prompts, self.references = prompts, references
-        self.generation = dict(max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               max_batch_tokens=max_batch_tokens)
+        self.decoding = decoding
 
     def on_evaluate(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -38,7 +36,7 @@ class RougeCallback(TrainerCallback):
         was_training, padding_side = model.training, tokenizer.padding_side
         start = time.perf_counter()
         try:
-            predictions = generate_summaries(model, tokenizer, self.prompts, **self.generation)
+            predictions = self.decoding.generate(model, tokenizer, self.prompts)
         finally:  # generation pads on the left and switches to eval mode; training continues as it was
             tokenizer.padding_side = padding_side
             model.train(was_training)

@@ -84,6 +84,17 @@ class EvalArguments:
         default=1.0, metadata={"help": "Beam search: exponent on the length that divides a beam's log-probability "
                                        "(> 1 favours longer summaries, < 1 shorter)."}
     )
+    mbr_candidates: int = field(
+        default=1,
+        metadata={"help": "Minimum Bayes risk decoding: for each article, the greedy summary and mbr_candidates - 1 "
+                          "sampled ones; the candidate with the highest mean ROUGE against the others is kept "
+                          "(docs/evaluation.md). 1 = off."},
+    )
+    mbr_epsilon: float = field(
+        default=0.02,
+        metadata={"help": "MBR candidates are sampled from the tokens with probability above this (epsilon "
+                          "sampling)."},
+    )
     generation_batch_size: int = field(default=256, metadata={"help": "Most rows in one generation batch."})
     generation_max_batch_tokens: int | None = field(
         default=16384,
@@ -113,7 +124,14 @@ class EvalArguments:
                           "--dequantize_4bit_base true (merging into 4-bit weights would requantize them)."},
     )
     input_file: str | None = field(
-        default=None, metadata={"help": "summarize.py: the article to summarize (a text file); unset or `-`: stdin."}
+        default=None,
+        metadata={"help": "summarize.py: one article (a text file; unset or `-`: stdin), or many: a JSONL or CSV file "
+                          "with a `text_column` (and an `id_column`), or a folder of .txt files."},
+    )
+    output_file: str | None = field(
+        default=None,
+        metadata={"help": "summarize.py: write JSONL (`id`, `summary`) here instead of printing; needed for many "
+                          "articles. A killed run, started again with the same settings, makes only what is missing."},
     )
     rouge_eval_samples: int = field(
         default=0,

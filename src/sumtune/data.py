@@ -14,7 +14,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .config import ConfigError, DataArguments
 from .manifest import TMP_SUFFIX, file_hash, publish_dir, rows_fingerprint, tmp_dir_for, write_atomic
-from .prompts import build_messages, read_text, render_full, template_hash
+from .prompts import fit_to_budget, read_text, template_hash
 
 logger = logging.getLogger(__name__)
 
@@ -174,32 +174,6 @@ def subsample(ds: Dataset, max_samples: int | None, seed: int) -> Dataset:
     if max_samples is None or max_samples >= len(ds):
         return ds
     return ds.shuffle(seed=seed).select(range(max_samples))
-
-
-def fit_to_budget(tokenizer, instruction: str, article: str, summary: str, max_length: int) -> dict | None:
-    """Cut the article (never the summary) so prompt + summary + EOS fit `max_length` tokens.
-
-    Returns the prompt-completion row with its token count, or None when even an empty article cannot fit.
-    The cut falls on a token boundary of the article, found through the fast tokenizer's character offsets.
-    """
-    article = article.strip()
-    summary = summary.strip()
-    offsets = None
-    cut = article
-    for _ in range(8):  # the join between article and template can merge a token: re-check until it fits
-        row = build_messages(instruction, cut, summary)
-        n_tokens = len(tokenizer(render_full(tokenizer, row["prompt"], row["completion"]),
-                                 add_special_tokens=False)["input_ids"])
-        if n_tokens <= max_length:
-            return {**row, "document": cut, "num_tokens": n_tokens, "truncated": cut != article}
-        if offsets is None:
-            offsets = tokenizer(article, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-            keep = len(offsets)
-        keep -= n_tokens - max_length
-        if keep <= 0:
-            return None
-        cut = article[: offsets[keep - 1][1]].rstrip()
-    return None
 
 
 def prepare_split(ds: Dataset, tokenizer, instruction: str, max_length: int, num_proc: int | None = None):

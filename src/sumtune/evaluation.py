@@ -28,14 +28,14 @@ from trl import ModelConfig, SFTConfig
 from .config import ConfigError, DataArguments, EvalArguments, RunError
 from .data import (
     check_prepared_budget,
-    fit_to_budget,
     is_prepared,
     load_prepared,
     load_raw_split,
     standardize,
     subsample,
 )
-from .generation import batch_cost, encode_prompts, iter_summaries, plan_batches
+from .decoding import Decoding
+from .generation import batch_cost, encode_prompts
 from .manifest import (
     TMP_SUFFIX,
     check_output_path,
@@ -58,7 +58,7 @@ from .predictions import (
     partial_path,
 )
 from .preflight import check_adapter, check_model_source, check_precision, check_process_group
-from .prompts import read_text, template_hash
+from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -137,15 +137,13 @@ def eval_tokenizer(eval_args: EvalArguments, training_args: SFTConfig, model_arg
                           revision=model_args.model_revision)
 
 
-def eval_prompts(rows, prepared: bool, tokenizer, data_args: DataArguments, max_length: int) -> list:
-    if prepared:
-        return rows["prompt"]
-    instruction = read_text(data_args.instruction_path, "Instruction file")
-    fitted = [fit_to_budget(tokenizer, instruction, r["document"], r["summary"], max_length) for r in rows]
-    if any(f is None for f in fitted):
-        raise ConfigError(f"{sum(f is None for f in fitted)} reference summaries do not fit max_length={max_length} "
-                          "with their prompt: raise --max_length.")
-    return [f["prompt"] for f in fitted]
+def eval_prompts(rows, prompt: Prompt, max_length: int, max_new_tokens: int) -> list:
+    """Each row's prompt, its article cut as for any generation (Prompt.for_generation), prepared data or raw."""
+    prompts = [prompt.for_generation(article, max_length, max_new_tokens) for article in rows["document"]]
+    if any(p is None for p in prompts):
+        raise ConfigError(f"max_length={max_length} leaves no room for the prompt and max_new_tokens="
+                          f"{max_new_tokens}: raise --max_length or lower --max_new_tokens.")
+    return prompts
 
 
 def model_fingerprint(path: str) -> str | None:
@@ -170,13 +168,14 @@ def finished_predictions(output_dir: Path, run_key: dict, ids: list[str]) -> lis
     return [r["prediction"] for r in rows]
 
 
-def generate_missing(rows, prepared: bool, tokenizer, data_args: DataArguments, eval_args: EvalArguments,
-                     training_args: SFTConfig, model_args: ModelConfig, output_dir: Path, run_key: dict,
+def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalArguments, training_args: SFTConfig,
+                     model_args: ModelConfig, output_dir: Path, run_key: dict,
                      state: PartialState) -> tuple[list[str], dict | None] | None:
     """Every row's prediction, generating only those not already in a partial file; each process generates its
     share into its own partial file, which grows as they come. Returns them on the main process with the generation
     timing (None when nothing was generated), None elsewhere."""
-    prompts = eval_prompts(rows, prepared, tokenizer, data_args, training_args.max_length)
+    prompts = eval_prompts(rows, prompt, training_args.max_length, decoding.max_new_tokens)
+    tokenizer = prompt.tokenizer
     ids = [str(i) for i in rows["id"]]
     if eval_args.overwrite_output_dir:  # replaced on purpose: nothing made before is kept
         if state.is_main_process:
@@ -204,10 +203,9 @@ def generate_missing(rows, prepared: bool, tokenizer, data_args: DataArguments, 
     todo = [prompts[i] for i in missing]
     encoded = encode_prompts(tokenizer, todo)
     lengths = [len(ids) for ids in encoded]
-    batches = plan_batches(lengths, eval_args.max_new_tokens, eval_args.num_beams, eval_args.generation_batch_size,
-                           eval_args.generation_max_batch_tokens)
+    batches = decoding.plan(lengths)
     if state.num_processes > 1:
-        costs = [batch_cost(lengths, batch, eval_args.max_new_tokens) for batch in batches]
+        costs = [batch_cost(lengths, batch, decoding.max_new_tokens) for batch in batches]
         mine = deal_batches(costs, state.num_processes)[state.process_index]
         batches = [batches[k] for k in mine]
         logger.info("Process %d of %d: generating %d rows in %d batches (%d of %d KV-cache tokens).",
@@ -223,7 +221,7 @@ def generate_missing(rows, prepared: bool, tokenizer, data_args: DataArguments, 
     start = time.perf_counter()
     if batches:
         append_predictions(partial_path(output_dir, state.process_index), run_key, ids, todo, missing, encoded,
-                           batches, tokenizer, eval_args, model, progress=state.is_main_process)
+                           batches, tokenizer, decoding, model, progress=state.is_main_process)
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if not state.is_main_process:
@@ -268,7 +266,7 @@ def check_merge_options(eval_args: EvalArguments, model_args: ModelConfig) -> No
 
 
 def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, rows: list[int],
-                       encoded: list[list[int]], batches: list[list[int]], tokenizer, eval_args: EvalArguments,
+                       encoded: list[list[int]], batches: list[list[int]], tokenizer, decoding: Decoding,
                        model, progress: bool = False) -> None:
     """Generate `batches` (lists of positions in `prompts`, whose token ids are `encoded` and whose row indices are
     `rows`) and append each prediction to `path` as soon as it is made. `progress`: a progress bar on stderr when
@@ -279,11 +277,7 @@ def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list,
         if handle.tell() == 0:
             handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
         last_sync = time.monotonic()
-        for j, text in iter_summaries(model, tokenizer, prompts, eval_args.max_new_tokens,
-                                      eval_args.num_beams, eval_args.generation_batch_size,
-                                      max_batch_tokens=eval_args.generation_max_batch_tokens, batches=batches,
-                                      encoded=encoded, cudnn_attention=eval_args.cudnn_attention,
-                                      **decoding_options(eval_args)):
+        for j, text in decoding.iter_summaries(model, tokenizer, prompts, batches=batches, encoded=encoded):
             index = rows[j]
             line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
             handle.write((line + "\n").encode("utf-8"))
@@ -295,14 +289,18 @@ def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list,
         os.fsync(handle.fileno())
 
 
-def decoding_options(eval_args: EvalArguments) -> dict:
-    """generate() options beyond greedy / beam search; any of them sends generation through `model.generate`."""
-    options = {}
-    if eval_args.no_repeat_ngram_size:
-        options["no_repeat_ngram_size"] = eval_args.no_repeat_ngram_size
-    if eval_args.length_penalty != 1.0:
-        options["length_penalty"] = eval_args.length_penalty
-    return options
+def generation_settings(eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig, prompt: Prompt,
+                        decoding: Decoding) -> dict:
+    """What decides the text a model generates for an article: evaluate.py and summarize.py key their outputs (reuse,
+    resume) by it."""
+    return {"model": model_args.model_name_or_path, "model_revision": model_args.model_revision,
+            "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
+            "adapter": eval_args.adapter_path,
+            "adapter_fingerprint": eval_args.adapter_path and model_fingerprint(eval_args.adapter_path),
+            "dtype": model_args.dtype, "load_in_4bit": model_args.load_in_4bit,
+            "max_length": training_args.max_length, "prompt_hash": prompt.hash,
+            "article_budget": "max_length - max_new_tokens", **decoding.text_settings(),
+            "merge_adapter": eval_args.merge_adapter}  # rounds base + update once: not bit-identical
 
 
 def process_state(training_args: SFTConfig) -> PartialState:
@@ -361,29 +359,22 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
         dataset_fingerprint = rows_fingerprint({"id": r["id"], "document": r["document"], "summary": r["summary"]}
                                                for r in dataset)
         settings["dataset_fingerprint"] = dataset_fingerprint
-        prompt_hash = None
+        prompt_hash = decoding = None
         if mode == "lead":
             predictions = [lead_sentence(article) for article in dataset["document"]]
         else:
-            tokenizer = eval_tokenizer(eval_args, training_args, model_args)  # its template: BOS put first where due
-            instruction = read_text(data_args.instruction_path, "Instruction file")
-            prompt_hash = template_hash(tokenizer.chat_template, instruction)
-            settings |= {"model": model_args.model_name_or_path, "model_revision": model_args.model_revision,
-                         "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
-                         "adapter": eval_args.adapter_path,
-                         "adapter_fingerprint": eval_args.adapter_path and model_fingerprint(eval_args.adapter_path),
-                         "dtype": model_args.dtype, "load_in_4bit": model_args.load_in_4bit,
-                         "max_length": training_args.max_length, "prompt_hash": prompt_hash,
-                         "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams,
-                         **decoding_options(eval_args),
-                         "merge_adapter": eval_args.merge_adapter}  # rounds base + update once: not bit-identical
+            # the tokenizer's template puts BOS first where due
+            prompt = Prompt.load(eval_tokenizer(eval_args, training_args, model_args), data_args.instruction_path)
+            prompt_hash = prompt.hash
+            decoding = Decoding.from_args(eval_args, training_args.seed)
+            settings |= generation_settings(eval_args, training_args, model_args, prompt, decoding)
         finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
         if finished is not None:
             return finished if state.is_main_process else None
         output_dir.mkdir(parents=True, exist_ok=True)
         if mode == "model":
-            generated = generate_missing(dataset, prepared, tokenizer, data_args, eval_args, training_args,
-                                         model_args, output_dir, settings, state)
+            generated = generate_missing(dataset, prompt, decoding, eval_args, training_args, model_args, output_dir,
+                                         settings, state)
             if generated is None:
                 return None  # the main process merges every process's predictions and writes the files
             predictions, timing = generated
@@ -394,7 +385,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     metrics["mode"] = mode
     if mode == "model":
         metrics |= {"model": model_args.model_name_or_path, "adapter": eval_args.adapter_path,
-                    "max_new_tokens": eval_args.max_new_tokens, "num_beams": eval_args.num_beams}
+                    **decoding.text_settings()}
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / METRICS_FILE).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
     write_atomic(output_dir / PREDICTIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -485,8 +485,8 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
                                    pad, min_new_tokens, decode_attention, cuda_graph, fuse_rotary)
             else:
                 new = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                     num_beams=num_beams, do_sample=False, eos_token_id=eos, pad_token_id=pad,
-                                     **generate_kwargs)[:, inputs["input_ids"].shape[1]:]
+                                     num_beams=num_beams, eos_token_id=eos, pad_token_id=pad,
+                                     **{"do_sample": False} | generate_kwargs)[:, inputs["input_ids"].shape[1]:]
         for i, ids in zip(batch, new.tolist(), strict=True):
             yield i, ids[:ids.index(eos)] if eos in ids else ids
 

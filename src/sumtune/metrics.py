@@ -12,19 +12,36 @@ from rouge_score import rouge_scorer, tokenizers
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
+def scorer(types=ROUGE_TYPES) -> rouge_scorer.RougeScorer:
+    # The tokenizer rouge_score picks by default, given explicitly: left to choose, it logs that it did per call.
+    return rouge_scorer.RougeScorer(list(types), use_stemmer=True,
+                                    tokenizer=tokenizers.DefaultTokenizer(use_stemmer=True))
+
+
 def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
     """F1 x 100 for each (prediction, reference) pair, one array per ROUGE type."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    # The tokenizer rouge_score picks by default, given explicitly: left to choose, it logs that it did per call.
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True,
-                                      tokenizer=tokenizers.DefaultTokenizer(use_stemmer=True))
+    scorer_ = scorer()
     scores = {key: np.empty(len(predictions)) for key in ROUGE_TYPES}
     for i, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
-        result = scorer.score(reference, prediction)  # rouge_score's order: target first
+        result = scorer_.score(reference, prediction)  # rouge_score's order: target first
         for key in ROUGE_TYPES:
             scores[key][i] = result[key].fmeasure * 100
     return scores
+
+
+def pairwise_rouge(texts: list[str]) -> np.ndarray:
+    """The mean of ROUGE-1, -2 and -L F1 x 100 between every two texts (symmetric: F1 does not depend on which text
+    is the reference); the diagonal is each text against itself."""
+    scorer_ = scorer(("rouge1", "rouge2", "rougeL"))
+    n = len(texts)
+    matrix = np.full((n, n), 100.0)
+    for i in range(n):
+        for j in range(i + 1, n):
+            result = scorer_.score(texts[i], texts[j])
+            matrix[i, j] = matrix[j, i] = 100 * np.mean([score.fmeasure for score in result.values()])
+    return matrix
 
 
 def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:

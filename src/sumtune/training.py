@@ -59,7 +59,7 @@ from .preflight import (
     check_process_group,
     fsdp_enabled,
 )
-from .prompts import read_text, template_hash
+from .prompts import Prompt, read_text, template_hash
 
 logger = logging.getLogger(__name__)
 
@@ -319,13 +319,20 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
         if fsdp_enabled():
             logger.warning("rouge_eval_samples is not supported under FSDP; evaluate.py scores the adapter instead.")
         else:
-            from .callbacks import RougeCallback  # imported here: training alone needs no generation or rouge_score
+            # imported here: training alone needs no generation or rouge_score
+            from .callbacks import RougeCallback
+            from .decoding import Decoding
 
             subset = subsample(dataset["validation"], eval_args.rouge_eval_samples, training_args.seed)
-            trainer.add_callback(RougeCallback(
-                trainer, subset["prompt"], subset["summary"], eval_args.max_new_tokens,
-                eval_args.generation_batch_size, eval_args.generation_max_batch_tokens,
-            ))
+            # The recipe's decoding without MBR, which would multiply every evaluation's generation by its
+            # candidates: the curve follows the model, evaluate.py scores the decoding.
+            decoding = dataclasses.replace(Decoding.from_args(eval_args, training_args.seed), mbr_candidates=1)
+            prompt = Prompt.load(trainer.processing_class, data_args.instruction_path)
+            prompts = [prompt.for_generation(article, training_args.max_length, decoding.max_new_tokens)
+                       for article in subset["document"]]
+            keep = [i for i, p in enumerate(prompts) if p is not None]
+            trainer.add_callback(RougeCallback(trainer, [prompts[i] for i in keep],
+                                               [subset["summary"][i] for i in keep], decoding))
     return trainer
 
 
