@@ -164,6 +164,9 @@ def score_systems(eval_dirs: dict[str, Path], samples: int) -> dict[str, dict]:
         lengths = [len(json.loads(line)["prediction"].split())
                    for line in (eval_dirs[name] / "predictions.jsonl").read_text().splitlines() if line.strip()]
         metrics["mean_words"] = round(float(np.mean(lengths)), 1)
+        manifest = eval_dirs[name] / "manifest.json"
+        generation = json.loads(manifest.read_text()).get("generation") if manifest.is_file() else None
+        metrics["summaries_per_s"] = (generation or {}).get("summaries_per_s")
         results[name] = metrics
     return results
 
@@ -205,6 +208,9 @@ def main():
     parser.add_argument("--train-args", default=DEFAULT_TRAIN_ARGS, help="Extra train.py flags.")
     parser.add_argument("--eval-args", default="", help="Extra evaluate.py flags for the model systems.")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--decodings", default="",
+                        help="More decodings of the adapter, scored as systems `adapter-NAME`: 'NAME=evaluate.py "
+                             "flags;NAME=flags', e.g. 'mbr8=--mbr_candidates 8;beam4=--num_beams 4'.")
     parser.add_argument("--tune", type=Path, default=None,
                         help="JSON list of {name, train_args, eval_args}: train each, score on the validation rows; "
                              "or an object from training-row counts to such lists (the one for --train-rows).")
@@ -258,7 +264,7 @@ def main():
         if not tuned:
             raise SystemExit(f"error: no validation rows with note {args.note!r} in {args.best_from}")
         best = max(tuned, key=lambda row: row["rouge1"])
-        args.train_args, args.eval_args = best["train_args"], best["eval_args"]
+        args.train_args, args.eval_args = best["train_args"], f"{best['eval_args']} {args.eval_args}".strip()
         print(f"best of {len(tuned)} settings on the validation rows: {best['setting']} (ROUGE-1 {best['rouge1']})")
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
@@ -277,13 +283,18 @@ def main():
                                           work / "merge.log"), 1)
     eval_dirs = {system: evaluate(args, system, data, "test", run_dir, args.eval_args, work / "eval" / system)
                  for system in systems}
+    for variant in filter(None, args.decodings.split(";")):
+        name, _, flags = variant.partition("=")
+        eval_dirs[f"adapter-{name.strip()}"] = evaluate(args, "adapter", data, "test", run_dir,
+                                                        f"{args.eval_args} {flags}", work / "eval" / f"adapter-{name}")
     results = score_systems(eval_dirs, args.bootstrap_samples)
-    fields = common_fields(args, counts) | {"split": "test", "eval_args": args.eval_args, **info}
+    fields = common_fields(args, counts) | {"split": "test", "eval_args": args.eval_args, "decodings": args.decodings,
+                                            **info}
     append(args.results, [fields | {"system": name} | metrics for name, metrics in results.items()])
     print(table(results))
     for name, metrics in results.items():
         for other, diffs in metrics["minus"].items():
-            if name in ("adapter", "merged") and other in ("zero_shot", "lead", "adapter"):
+            if name.startswith(("adapter", "merged")) and other in ("zero_shot", "lead", "adapter"):
                 d = diffs["rouge1"]
                 print(f"ROUGE-1 {name} - {other}: {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (paired bootstrap 95%)")
     print(f"appended {len(results)} rows to {args.results}")

@@ -4,7 +4,7 @@
 # trainings run as JOBS processes side by side on one GPU; the test reuses the chosen training.
 #   bench/quality_curve.sh tune smollm2-135m      # then: bench/quality_curve.sh test smollm2-135m
 # Environment: RECIPE (default recipes/MODEL/qlora.yaml), MODEL_DIR (the model folder; default the recipe's), SIZES, JOBS, WORK, TRAIN_DATA, TEST_DATA, TUNE_FILE,
-# RESULTS, TUNING_RESULTS, EXTRA_ARGS (more quality.py flags), PYTHON.
+# RESULTS, TUNING_RESULTS, EXTRA_ARGS (more quality.py flags), DECODINGS, PYTHON.
 set -euo pipefail
 phase=$1 model=$2
 recipe=${RECIPE:-recipes/$model/qlora.yaml}
@@ -14,6 +14,8 @@ work=${WORK:-outputs/quality-curve}
 sweep=${TUNE_FILE:-bench/quality_curve.json}
 tuning=${TUNING_RESULTS:-bench/results/quality_tuning.jsonl}
 python=${PYTHON:-python3}
+# Decodings compared with greedy at the largest size (quality.py --decodings).
+decodings=${DECODINGS-beam4=--num_beams 4;mbr8=--mbr_candidates 8}
 common=(--recipe "$recipe" --train-data "${TRAIN_DATA:-../shared/data/xsum_nontest_3k.jsonl}"
         --test-data "${TEST_DATA:-../shared/data/xsum_test_sample_500.jsonl}" ${MODEL_DIR:+--model "$MODEL_DIR"}
         --tuning-results "$tuning" --results "${RESULTS:-bench/results/quality.jsonl}")
@@ -39,9 +41,11 @@ case $phase in
     ;;
   test)
     for size in $sizes; do
-      systems=adapter
-      [ "$size" = "$largest" ] && systems=zero_shot,adapter,merged,lead
-      point "$size" --best-from "$tuning" --systems "$systems" &
+      if [ "$size" = "$largest" ]; then
+        point "$size" --best-from "$tuning" --systems zero_shot,adapter,merged,lead --decodings "$decodings" &
+      else
+        point "$size" --best-from "$tuning" --systems adapter &
+      fi
     done
     wait
     ;;
