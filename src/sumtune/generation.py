@@ -24,6 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.phi.modeling_phi import eager_attention_forward
 
+from . import patches
 from .prompts import render_prompt
 
 logger = logging.getLogger(__name__)
@@ -74,15 +75,15 @@ LAYER_TYPES = ("full_attention", "sliding_attention")  # what the loop's masks a
 def matmul_decode_supported(model) -> bool:
     """decode_attention_forward covers the attention classes in MATMUL_DECODE_ATTENTION (multi-head, grouped or
     multi-query key/value heads, full or sliding-window layers) without logit softcapping or bidirectional
-    attention; on a GPU in half precision it needs bmm's out_dtype (PyTorch >= 2.8). Other models decode with SDPA
-    and a mask."""
+    attention; on a GPU in half precision it needs bmm's out_dtype (PyTorch >= 2.8); and the transformers version
+    must be one it was checked on (sumtune.patches). Other models decode with SDPA and a mask."""
     config, parameter = model.config, next(model.parameters())
     attention = {type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Attention")}
     covered = (bool(attention) and attention <= MATMUL_DECODE_ATTENTION
                and getattr(config, "attn_logit_softcapping", None) is None
                and not getattr(config, "use_bidirectional_attention", False))
     half_on_gpu = parameter.is_cuda and parameter.dtype != torch.float32
-    return covered and (not half_on_gpu or _bmm_has_out_dtype())
+    return covered and (not half_on_gpu or _bmm_has_out_dtype()) and patches.enabled("slot_decode_attention")
 
 
 @functools.cache
@@ -227,10 +228,13 @@ def phi_attention_forward(self, hidden_states, position_embeddings, attention_ma
 
 @contextlib.contextmanager
 def fused_rotary(model):
-    """Phi attention layers run `phi_attention_forward` inside the block; other models are left as they are."""
+    """Phi attention layers run `phi_attention_forward` inside the block (where transformers' version is one it was
+    checked on: sumtune.patches); other models are left as they are."""
     patched = [module for module in model.modules() if type(module).__name__ == "PhiAttention"
                and not getattr(module, "qk_layernorm", True) and hasattr(module, "rotary_ndims")
                and "forward" not in vars(module)]  # a forward set on the instance (a hook) stays as it is
+    if patched and not patches.enabled("phi_rotary"):
+        patched = []
     for module in patched:
         module.forward = types.MethodType(phi_attention_forward, module)
     try:

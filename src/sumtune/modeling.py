@@ -12,6 +12,7 @@ from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_quantization_config
 
+from . import patches
 from .config import ConfigError
 from .preflight import fsdp_enabled
 from .prompts import build_messages, load_chat_template, render_prompt
@@ -94,7 +95,7 @@ def load_model(model_args: ModelConfig, quantize: bool = True, device: str | Non
     try:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
                                             trust_remote_code=False)
-        if getattr(config, "hidden_act", None) in FUSED_ACTIVATIONS:
+        if getattr(config, "hidden_act", None) in FUSED_ACTIVATIONS :
             kwargs["hidden_act"] = FUSED_ACTIVATIONS[config.hidden_act]
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as err:
@@ -126,12 +127,12 @@ def keep_4bit_weights_trainable_on_cpu(model) -> int:
     (`a view of a leaf Variable that requires grad is being used in an in-place operation`, bitsandbytes 0.50).
     GPUs never repack. Returns the number of layers changed.
     """
-    changed = 0
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
+    layers = [module for module in model.modules() if getattr(module, "support_avx512bf16_for_cpu", False)]
+    if not layers or not patches.enabled("bnb_cpu_packing"):
+        return 0
+    for module in layers:
+        module.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def layer_norm_in_input_dtype(model) -> int:
@@ -145,12 +146,12 @@ def layer_norm_in_input_dtype(model) -> int:
     For bf16 only: under fp16 (T4) Phi-2's activations can overflow, and there autocast's fp32 is kept. The weights are
     frozen; no library offers this switch, hence the per-instance forward.
     """
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            module.forward = types.MethodType(_layer_norm_without_autocast, module)
-            changed += 1
-    return changed
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.LayerNorm)]
+    if not norms or not patches.enabled("layer_norm_in_input_dtype"):
+        return 0
+    for module in norms:
+        module.forward = types.MethodType(_layer_norm_without_autocast, module)
+    return len(norms)
 
 
 def checkpoint_every_n_layers(model, n: int, uncheckpointed: int = 0) -> tuple[int, int]:
@@ -170,6 +171,8 @@ def checkpoint_every_n_layers(model, n: int, uncheckpointed: int = 0) -> tuple[i
     if uncheckpointed > len(layers):
         raise ConfigError(f"`uncheckpointed_layers` ({uncheckpointed}) is more than the model's {len(layers)} decoder "
                           f"layers: set it to at most {len(layers)} (or turn gradient_checkpointing off).")
+    if not patches.enabled("partial_checkpointing"):
+        return sum(layer.gradient_checkpointing for layer in layers), len(layers)
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = (layer.gradient_checkpointing and index % n == 0
                                         and index < len(layers) - uncheckpointed)
@@ -189,6 +192,8 @@ def causal_attention_for_right_padded_training(model) -> int:
     """
     from transformers import PreTrainedModel
 
+    if not patches.enabled("causal_only_training_attention"):
+        return 0
     stacks = [m for m in model.modules() if isinstance(m, PreTrainedModel) and isinstance(getattr(m, "layers", None),
                                                                                            torch.nn.ModuleList)]
     for stack in stacks:
@@ -216,6 +221,10 @@ def dequantize_4bit_linears(model) -> int:
         # the plain one and returns garbage (SmolLM2-135M after one forward: max |weight error| 5.8). bitsandbytes
         # undoes the packing itself before moving or saving a weight, with this function.
         if getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+            if not patches.enabled("bnb_cpu_packing"):
+                raise ConfigError("A 4-bit weight was repacked for bitsandbytes' CPU kernel by an earlier forward, and "
+                                  "this bitsandbytes version was not checked for undoing that: dequantize a freshly "
+                                  f"loaded model, or set {patches.FORCE_ENV}=bnb_cpu_packing.")
             from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
 
             layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
@@ -274,6 +283,8 @@ def compile_decoder_layers_for_training(model) -> int:
     import bitsandbytes as bnb
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    if not patches.enabled("compiled_decoder_layers"):
+        return 0
     for module in model.modules():
         if (isinstance(module, bnb.nn.Linear4bit) and module.bias is not None and not module.bias.requires_grad
                 and module.compute_dtype is not None):

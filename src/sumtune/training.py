@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from . import patches
 from .config import ConfigError, DataArguments, EvalArguments, RunError, config_summary
 from .data import (
     check_prepared_budget,
@@ -223,7 +224,8 @@ class GuardedSFTTrainer(SFTTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
-        if isinstance(sampler, LengthGroupedSampler) and self.args.world_size > 1:
+        if (isinstance(sampler, LengthGroupedSampler) and self.args.world_size > 1
+                and patches.enabled("rank_interleaved_sampler")):
             return RankInterleavedSampler(sampler, self.args.per_device_train_batch_size, self.args.world_size)
         return sampler
 

@@ -1,0 +1,191 @@
+"""Every place where sumtune replaces or relies on a library's internals, with the versions it was checked on.
+
+Each fast path or workaround below copies upstream code, writes a private attribute, calls a private function or
+overrides a private method. It was checked against the stock path (bitwise or to the tests' tolerance) on the
+versions in `versions`, and `fingerprints` records the upstream code it copies or relies on as it was then: a hash of
+that code's syntax tree (comments, docstrings and formatting left out), one per checked version where it differed.
+
+Every patch site asks `enabled(name)` first. Outside the checked versions, or when the installed upstream code no
+longer has a recorded fingerprint, the site runs the library's stock path and one warning (once per process) names
+the patch and how to force it: `SUMTUNE_FORCE_PATCHES=<name>[,<name>...]` (or `all`). tests/test_patches.py fails
+when an installed library's code differs from every recorded fingerprint: check the patch against the new code (its
+site's tests compare it with the stock path), then add the new fingerprint and widen `versions`.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib
+import importlib.metadata
+import inspect
+import logging
+import os
+import textwrap
+from dataclasses import dataclass
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from .config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+FORCE_ENV = "SUMTUNE_FORCE_PATCHES"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """`upstream`: "module:Qualified.name" of each object copied or relied on; `versions`: the distributions involved,
+    each with the range it was checked on; `site`: where sumtune applies it and what the stock path is."""
+
+    name: str
+    versions: dict[str, str]
+    upstream: tuple[str, ...]
+    fingerprints: frozenset[str]
+    site: str
+
+
+_ATTENTION_FORWARDS = tuple(f"transformers.models.{module}:{cls}.forward" for module, cls in (
+    ("phi.modeling_phi", "PhiAttention"), ("llama.modeling_llama", "LlamaAttention"),
+    ("mistral.modeling_mistral", "MistralAttention"), ("qwen2.modeling_qwen2", "Qwen2Attention"),
+    ("qwen3.modeling_qwen3", "Qwen3Attention"), ("gemma3.modeling_gemma3", "Gemma3Attention")))
+
+# Checked on: transformers 5.17.0 (GPU image) and 5.23.0 (requirements/lock.txt); TRL 1.16.0; bitsandbytes 0.50.2;
+# torch 2.11.0 (GPU image) and 2.13.0 (CPU). A range runs from the oldest to the newest version checked; versions
+# between them pass only where the upstream code hashes to a recorded fingerprint.
+PATCHES = {patch.name: patch for patch in (
+    Patch("phi_rotary", {"transformers": ">=5.17,<5.24"},
+          ("transformers.models.phi.modeling_phi:PhiAttention.forward",
+           "transformers.models.phi.modeling_phi:apply_rotary_pos_emb",
+           "transformers.models.phi.modeling_phi:rotate_half"),
+          frozenset({"3ba97630ba8f322b"}),
+          "generation.fused_rotary: a copy of PhiAttention.forward rotating q and k in place; stock: the class's "
+          "forward"),
+    Patch("slot_decode_attention", {"transformers": ">=5.17,<5.24"},
+          ("transformers.configuration_utils:PreTrainedConfig._attn_implementation", *_ATTENTION_FORWARDS),
+          frozenset({"d91577edf4df85f9"}),
+          "generation.greedy_batch: writes config._attn_implementation to run decode_attention_forward, which needs "
+          "what these attention forwards hand it; stock: the model's own attention with a mask per layer type"),
+    Patch("fused_gelu", {"transformers": ">=5.17,<5.24"},
+          ("transformers.activations:NewGELUActivation", "transformers.activations:GELUTanh"),
+          frozenset({"b1f7e0d483cbd845"}),
+          "modeling.load_model: hidden_act gelu_new loaded as gelu_pytorch_tanh (the same formula, one kernel); "
+          "stock: gelu_new"),
+    Patch("layer_norm_in_input_dtype", {"torch": ">=2.11,<2.14"},
+          ("torch.nn.modules.normalization:LayerNorm.forward",),
+          frozenset({"aeda8e37d274c9eb"}),
+          "modeling.layer_norm_in_input_dtype: a per-instance LayerNorm forward with autocast off (bf16 recipes); "
+          "stock: autocast's fp32 LayerNorm"),
+    Patch("bnb_cpu_packing", {"bitsandbytes": ">=0.50.2,<0.51"},
+          ("bitsandbytes.nn.modules:Linear4bit.forward", "bitsandbytes.nn.modules:_convert_weight_packed_for_cpu",
+           "bitsandbytes.nn.modules:_convert_weight_packed_for_cpu_inverse"),
+          frozenset({"46012fcb746068a8"}),
+          "modeling.keep_4bit_weights_trainable_on_cpu clears Linear4bit.support_avx512bf16_for_cpu; "
+          "modeling.dequantize_4bit_linears undoes a CPU-packed weight with a private function; stock: bitsandbytes "
+          "repacks (training after an evaluation fails on such CPUs) and a packed weight cannot be dequantized"),
+    Patch("partial_checkpointing", {"transformers": ">=5.17,<5.24"},
+          ("transformers.modeling_layers:GradientCheckpointingLayer",),
+          frozenset({"db110890c5706493", "300f229fd5e418ea"}),  # 5.17 checkpoints in __call__, 5.23 in forward
+          "modeling.checkpoint_every_n_layers: clears some decoder layers' gradient_checkpointing flag; stock: every "
+          "layer checkpointed"),
+    Patch("compiled_decoder_layers", {"transformers": ">=5.17,<5.24", "bitsandbytes": ">=0.50.2,<0.51"},
+          ("transformers.modeling_layers:GradientCheckpointingLayer", "bitsandbytes.nn.modules:Linear4bit.forward"),
+          frozenset({"e1ce7f4eeffb7ceb", "b49e74bdc5d75f68"}),
+          "modeling.compile_decoder_layers_for_training: a per-instance compiled forward on each decoder layer, "
+          "frozen 4-bit biases cast as Linear4bit.forward would; stock: eager layers"),
+    Patch("causal_only_training_attention", {"trl": ">=1.16,<1.17"},
+          ("trl.trainer.sft_trainer:DataCollatorForLanguageModeling.torch_call",),
+          frozenset({"d84a3b7c8001fa91"}),
+          "modeling.causal_attention_for_right_padded_training: drops the padding mask of TRL's right-padded "
+          "training batches; stock: the mask is kept"),
+    Patch("rank_interleaved_sampler", {"transformers": ">=5.17,<5.24", "trl": ">=1.16,<1.17"},
+          ("trl.trainer.sft_trainer:SFTTrainer._get_train_sampler",),
+          frozenset({"8a5d374a5be175b5"}),
+          "training.GuardedSFTTrainer._get_train_sampler (private) wraps the length-grouped sampler under DDP; "
+          "stock: the Trainer's sampler"),
+)}
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _resolve(target: str):
+    module_name, _, qualname = target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = inspect.getattr_static(obj, part)  # a property itself, not its value; inherited methods through the MRO
+    return obj
+
+
+def _code(node: ast.AST) -> str:
+    """The syntax tree of one definition, docstrings dropped (ast.dump leaves out comments and line numbers)."""
+    for inner in ast.walk(node):
+        body = getattr(inner, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            inner.body = body[1:] or [ast.Pass()]
+    return ast.dump(node)
+
+
+def fingerprint(upstream: tuple[str, ...]) -> str:
+    """A hash of the upstream objects' code: their syntax trees, without comments, docstrings or formatting."""
+    digest = hashlib.sha256()
+    for target in upstream:
+        obj = _resolve(target)
+        for part in [obj.fget, obj.fset] if isinstance(obj, property) else [obj]:
+            if part is not None:
+                source = textwrap.dedent(inspect.getsource(inspect.unwrap(part)))
+                digest.update(_code(ast.parse(source).body[0]).encode())
+    return digest.hexdigest()[:16]
+
+
+def unchecked(patch: Patch) -> str | None:
+    """Why `patch` is outside what was checked (installed version, or upstream code changed); None when inside."""
+    for distribution, specifier in patch.versions.items():
+        version = installed_version(distribution)
+        if version is None:
+            return f"{distribution} is not installed"
+        if not SpecifierSet(specifier).contains(Version(version), prereleases=True):
+            return f"it was checked on {distribution} {specifier} and {version} is installed"
+    try:
+        found = fingerprint(patch.upstream)
+    except (ImportError, AttributeError, OSError, TypeError, SyntaxError) as err:
+        return f"the upstream code it relies on is gone ({type(err).__name__}: {err})"
+    if found not in patch.fingerprints:
+        return f"the upstream code it relies on ({', '.join(patch.upstream)}) has changed (fingerprint {found})"
+    return None
+
+
+def forced() -> set[str]:
+    """The patch names in SUMTUNE_FORCE_PATCHES (`all`: every one); an unknown name is an error."""
+    names = {name.strip() for name in os.environ.get(FORCE_ENV, "").split(",") if name.strip()}
+    if "all" in names:
+        return set(PATCHES)
+    if unknown := names - set(PATCHES):
+        raise ConfigError(f"{FORCE_ENV} names unknown patches {sorted(unknown)}: use `all` or some of "
+                          f"{', '.join(PATCHES)}.")
+    return names
+
+
+@functools.cache
+def enabled(name: str) -> bool:
+    """Whether the patch `name` runs: inside its checked versions and fingerprints, or forced. Logs once per process
+    when a patch is skipped or forced outside them."""
+    patch = PATCHES[name]
+    force = name in forced()
+    reason = unchecked(patch)
+    if reason is None:
+        return True
+    if force:
+        logger.warning("Applying sumtune's `%s` patch although %s, because %s names it: compare its results with the "
+                       "stock path (%s).", name, reason, FORCE_ENV, patch.site)
+        return True
+    logger.warning("Skipping sumtune's `%s` patch (%s): %s, so the stock path runs (slower or without this fix, same "
+                   "model). Set %s=%s to apply it anyway.", name, patch.site, reason, FORCE_ENV, name)
+    return False
