@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The learning curve of docs/quality.md: for one model, at each training size, a sweep of learning rate and epochs
-# scored on the validation rows (bench/quality_curve.json), then the test rows with the best setting. The sweep's
+# scored on the validation rows (bench/quality_curve.json; Gemma: TUNE_FILE=bench/quality_curve_gemma.json), then the test rows with the best setting. The sweep's
 # trainings run as JOBS processes side by side on one GPU; the test reuses the chosen training.
 #   bench/quality_curve.sh tune smollm2-135m      # then: bench/quality_curve.sh test smollm2-135m
 # Environment: RECIPE (default recipes/MODEL/qlora.yaml), MODEL_DIR (the model folder; default the recipe's), SIZES, JOBS, WORK, TRAIN_DATA, TEST_DATA, TUNE_FILE,
-# RESULTS, TUNING_RESULTS, EXTRA_ARGS (more quality.py flags), DECODINGS, PYTHON.
+# RESULTS, TUNING_RESULTS, EXTRA_ARGS (more quality.py flags), DECODINGS, LARGEST (the size tested with every
+# system and decoding; default the last of SIZES), PYTHON.
 set -euo pipefail
 phase=$1 model=$2
 recipe=${RECIPE:-recipes/$model/qlora.yaml}
@@ -19,7 +20,7 @@ decodings=${DECODINGS-beam4=--num_beams 4;mbr8=--mbr_candidates 8}
 common=(--recipe "$recipe" --train-data "${TRAIN_DATA:-../shared/data/xsum_nontest_3k.jsonl}"
         --test-data "${TEST_DATA:-../shared/data/xsum_test_sample_500.jsonl}" ${MODEL_DIR:+--model "$MODEL_DIR"}
         --tuning-results "$tuning" --results "${RESULTS:-bench/results/quality.jsonl}")
-largest=${sizes##* }
+largest=${LARGEST:-${sizes##* }}
 # One sweep shard or one test: quality.py on the work folder of this model and size.
 point() {
   local size=$1; shift
