@@ -33,7 +33,7 @@ def test_help_prints_usage_and_every_option(helps, script):
     # Options from each of the four dataclasses, one of them with a percentage in its help text.
     for flag in ("--dataset_name", "--cudnn_attention", "--global_batch_size", "--lora_r"):
         assert flag in result.stdout, flag
-    assert "38% of rows" in " ".join(result.stdout.split())
+    assert "95% confidence intervals" in " ".join(result.stdout.split())
     assert "Traceback" not in result.stderr
     assert "Failed to load" not in result.stderr  # bitsandbytes' Hub-kernel warning on AVX512-BF16 CPUs (cli.py)
 
@@ -51,7 +51,7 @@ def test_bitsandbytes_hub_kernel_warning_is_dropped_and_its_other_messages_kept(
 
 
 def test_every_help_text_expands():
-    """argparse formats help texts with `%`: a bare one (`38% of rows`) crashes --help."""
+    """argparse formats help texts with `%`: a bare one (`95% confidence`) crashes --help."""
     from trl import ModelConfig, TrlParser
 
     parser = TrlParser((DataArguments, EvalArguments, TrainArguments, ModelConfig))

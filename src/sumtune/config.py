@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import warnings
@@ -99,28 +100,28 @@ class EvalArguments:
     generation_max_batch_tokens: int | None = field(
         default=16384,
         metadata={"help": "Most tokens in one generation batch, counted as rows x (longest prompt + max_new_tokens): "
-                          "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 16384 is about 5 GiB; "
-                          "131072 with generation_batch_size 512 (~52 GiB peak) ran fastest on an H200 "
-                          "(bench/results/generate_throughput.md). None: batches of generation_batch_size rows."},
+                          "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 16384 is about 5 GiB; a "
+                          "larger GPU fits a larger budget, and larger batches generate faster (settings measured per "
+                          "GPU: docs/performance.md#generation-speed). None: batches of generation_batch_size rows."},
     )
     cudnn_attention: bool = field(
         default=False,
-        metadata={"help": "Generation: let the prompt's attention (prefill) use cuDNN. Not reproducible: when it also "
-                          "ran the decoding steps, a repeated run changed the greedy text of 38%% of rows "
-                          "(bench/results/generate_throughput.md); off, repeats are identical."},
+        metadata={"help": "Generation: let the prompt's attention (prefill) use cuDNN: faster, but not reproducible (a "
+                          "repeated run can change the greedy text; docs/evaluation.md#exactness-and-reproducibility); "
+                          "off, repeats are identical."},
     )
     dequantize_4bit_base: bool = field(
         default=False,
         metadata={"help": "evaluate.py with a 4-bit base: dequantize each 4-bit weight once before generating (Phi-2: "
                           "~5.2 GB instead of ~1.7 GB) instead of in every forward, as bitsandbytes does for batched "
-                          "inputs. Same weight values; 53.7 against 47.0 summaries/s on an H200 "
-                          "(bench/results/generate_throughput.md)."},
+                          "inputs. Same weight values, faster generation, more memory "
+                          "(docs/performance.md#what-paid-generation)."},
     )
     merge_adapter: bool = field(
         default=False,
         metadata={"help": "evaluate.py / summarize.py with --adapter_path: add the adapter to the base weights in "
                           "memory before generating (as merge.py does on disk), so no LoRA layer runs in each forward "
-                          "(86.8 against 53.7 summaries/s on an H200). With a 4-bit base it needs "
+                          "(faster: docs/performance.md#what-paid-generation). With a 4-bit base it needs "
                           "--dequantize_4bit_base true (merging into 4-bit weights would requantize them)."},
     )
     input_file: str | None = field(
@@ -171,8 +172,8 @@ class TrainArguments(SFTConfig):
     uncheckpointed_layers: int = field(
         default=0,
         metadata={"help": "With gradient_checkpointing: keep the activations of the last N decoder layers instead of "
-                          "recomputing them (faster; for Phi-2, ~2.1 GiB more peak per layer for a batch of 32 rows "
-                          "of 1,024 tokens)."},
+                          "recomputing them: faster, and each kept layer holds its activations for the whole step "
+                          "(its memory per layer: docs/performance.md#training-speed)."},
     )
     causal_only_training_attention: bool = field(
         default=False,
@@ -182,32 +183,141 @@ class TrainArguments(SFTConfig):
     compile_decoder_layers: bool = field(
         default=False,
         metadata={"help": "torch.compile each decoder layer for training (eval and generation stay eager): fuses the "
-                          "elementwise work around the 4-bit matmuls. The first steps compile (~20 s on an H200)."},
+                          "elementwise work around the 4-bit matmuls. The first steps compile (how long: "
+                          "docs/performance.md#training-speed)."},
     )
 
 
-def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
-    """Collect every inconsistency and raise once (litgpt's validate_args style)."""
+@dataclass(frozen=True)
+class Range:
+    """The values one numeric setting may take: finite, from `low` to `high` (None: unbounded), each bound included
+    unless `low_open` / `high_open`; `off` is one more value that turns the setting off. Unset (None) always passes:
+    for an optional setting it means off or the library's default."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    off: float | None = None
+    why: str = ""
+
+    def allows(self, value: float | None) -> bool:
+        if value is None or (self.off is not None and value == self.off):
+            return True
+        if not math.isfinite(value):
+            return False
+        above_low = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below_high = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above_low and below_high
+
+    def describe(self) -> str:
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'greater than' if self.low_open else 'at least'} {_number(self.low)}")
+        if self.high is not None:
+            bounds.append(f"{'below' if self.high_open else 'at most'} {_number(self.high)}")
+        text = " and ".join(bounds) or "a finite number"
+        return text + (f", or {_number(self.off)}" if self.off is not None else "")
+
+
+def _number(value) -> str:
+    """A number as a person writes it: 1 rather than 1.0, 4294967295 rather than 4.29497e+09, 2e-05 as is."""
+    return f"{value:g}" if isinstance(value, float) and not value.is_integer() else str(int(value))
+
+
+def at_least(low: float, why: str = "", off: float | None = None) -> Range:
+    return Range(low=low, off=off, why=why)
+
+
+def above(low: float, why: str = "") -> Range:
+    return Range(low=low, low_open=True, why=why)
+
+
+def fraction(why: str = "", low_open: bool = False) -> Range:
+    """From 0 (excluded with `low_open`) up to but not including 1: a probability or a momentum."""
+    return Range(low=0, high=1, low_open=low_open, high_open=True, why=why)
+
+
+STEPS = "a step count, or below 1 a fraction of the run's steps"
+SEED = Range(low=0, high=2**32 - 1, why="numpy's seed range; set_seed seeds numpy too")
+
+# Every numeric setting a recipe or flag can set: name -> the values that do what the name says, with a reason where the
+# bound is not obvious. parse_args checks them in every stage before anything is built or written; a setting missing
+# here reaches the libraries unchecked, where a bad value is a traceback mid-run or a run that silently does nothing.
+# A new numeric field gets one row, e.g. `"temperature": above(0, "the logits are divided by it")`;
+# tests/test_numeric_args.py fails for a numeric field of ours (or one a recipe sets) without one.
+NUMERIC_RANGES: dict[str, Range] = {
+    # DataArguments: unset keeps every row
+    "max_train_samples": at_least(1, "rows"),
+    "max_eval_samples": at_least(1, "rows"),
+    "max_test_samples": at_least(1, "rows"),
+    # EvalArguments: decoding, batching, scoring
+    "max_new_tokens": at_least(1),
+    "num_beams": at_least(1, "1 = greedy"),
+    "no_repeat_ngram_size": at_least(0, "0 = off"),
+    "length_penalty": Range(why="an exponent: above 1 favours longer summaries, below 1 shorter"),
+    "mbr_candidates": at_least(1, "1 = off"),
+    "mbr_epsilon": fraction("a probability cut-off; 0 would keep every token", low_open=True),
+    "generation_batch_size": at_least(1, "rows"),
+    "generation_max_batch_tokens": at_least(1, "tokens; unset: batches of generation_batch_size rows"),
+    "rouge_eval_samples": at_least(0, "rows; 0 = off"),
+    "bootstrap_samples": at_least(1, "resamples"),
+    # TrainArguments: SFTConfig's and ours
+    "learning_rate": above(0, "0 trains nothing"),
+    "num_train_epochs": above(0, "0 trains nothing"),
+    "max_steps": at_least(1, "-1: train for num_train_epochs instead; 0 trains nothing", off=-1),
+    "per_device_train_batch_size": at_least(1),
+    "per_device_eval_batch_size": at_least(1),
+    "gradient_accumulation_steps": at_least(1, "1 = no accumulation"),
+    "global_batch_size": at_least(1, "sequences per optimizer step"),
+    "warmup_steps": at_least(0, STEPS),
+    "weight_decay": at_least(0, "0 = off"),
+    "max_grad_norm": at_least(0, "0 = no clipping"),
+    "adam_beta1": fraction(),
+    "adam_beta2": fraction(),
+    "adam_epsilon": above(0, "it keeps the update's denominator above 0"),
+    "label_smoothing_factor": fraction(),
+    "logging_steps": above(0, STEPS),
+    "eval_steps": above(0, STEPS + "; unset: logging_steps"),
+    "save_steps": above(0, STEPS),
+    "save_total_limit": at_least(1, "checkpoints kept; unset keeps every one"),
+    "max_length": at_least(1, "tokens of prompt + summary + EOS"),
+    "dataset_num_proc": at_least(1, "processes; unset: one"),
+    "dataloader_num_workers": at_least(0, "0 = load in the main process"),
+    "seed": SEED,
+    "data_seed": SEED,
+    "checkpoint_every_n_layers": at_least(1, "1 = checkpoint every layer"),
+    "uncheckpointed_layers": at_least(0),
+    # ModelConfig: the adapter
+    "lora_r": at_least(1, "the adapter's rank"),
+    "lora_alpha": above(0, "it scales the adapter's output; 0 would switch the adapter off"),
+    "lora_dropout": fraction("a probability; 1 would drop every input"),
+}
+
+
+def _check_ranges(values: dict, defaults: dict, script: str) -> None:
+    """Every numeric setting in NUMERIC_RANGES checked against its range; every problem raised at once."""
     problems = []
-    for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
-        value = getattr(data_args, name)
-        if value is not None and value <= 0:
-            problems.append(f"`{name}` must be a positive number of rows, got {value}.")
+    for key, allowed in NUMERIC_RANGES.items():
+        value = values.get(key)
+        if allowed.allows(value):
+            continue
+        why = f" ({allowed.why})" if allowed.why else ""
+        default = "unset" if defaults.get(key) is None else _number(defaults[key])
+        problems.append(f"`{key}` must be {allowed.describe()}{why}, got {_number(value)}: give it a value in that "
+                        f"range (in the recipe or as --{key}) or leave it out (default: {default}).")
+    if problems:
+        raise ConfigError(" ".join(problems) + f" (`python {script} --help` describes each setting.)")
+
+
+def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
+    """Collect every inconsistency between settings and raise once (litgpt's validate_args style); each numeric
+    setting's own range is NUMERIC_RANGES', checked before the dataclasses are built."""
+    problems = []
     if eval_args.predictions_file and eval_args.baseline:
         problems.append("Give either `--predictions_file` or `--baseline`, not both.")
     if eval_args.adapter_path and (eval_args.predictions_file or eval_args.baseline):
         problems.append("`--adapter_path` applies to a model, not to `--predictions_file` or `--baseline`: drop one.")
-    if eval_args.rouge_eval_samples < 0:
-        problems.append(f"`rouge_eval_samples` must be 0 (off) or a row count, got {eval_args.rouge_eval_samples}.")
-    if eval_args.max_new_tokens <= 0:
-        problems.append(f"`max_new_tokens` must be positive, got {eval_args.max_new_tokens}.")
-    if eval_args.num_beams < 1:
-        problems.append(f"`num_beams` must be at least 1, got {eval_args.num_beams}.")
-    if eval_args.generation_batch_size < 1:
-        problems.append(f"`generation_batch_size` must be at least 1, got {eval_args.generation_batch_size}.")
-    if eval_args.generation_max_batch_tokens is not None and eval_args.generation_max_batch_tokens < 1:
-        problems.append("`generation_max_batch_tokens` must be a positive token count (or unset), got "
-                        f"{eval_args.generation_max_batch_tokens}.")
     if training_args.fp16 and training_args.bf16:
         problems.append("Both `fp16` and `bf16` are set: choose one (fp16 on a T4, bf16 on Ampere or newer).")
     if training_args.fp16 and model_args.dtype == "bfloat16":
@@ -215,14 +325,9 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
                         f"(see {T4_RECIPE}), on Ampere or newer use `bf16: true`.")
     if training_args.bf16 and model_args.dtype == "float16":
         problems.append("`bf16: true` with `dtype: float16` mixes two half precisions: set `dtype: bfloat16`.")
-    if training_args.checkpoint_every_n_layers < 1:
-        problems.append("`checkpoint_every_n_layers` must be at least 1 (1 = checkpoint every layer), got "
-                        f"{training_args.checkpoint_every_n_layers}.")
     if not training_args.gradient_checkpointing and training_args.checkpoint_every_n_layers != 1:
         problems.append("`checkpoint_every_n_layers` only applies with `gradient_checkpointing: true`: turn that on, "
                         "or remove `checkpoint_every_n_layers`.")
-    if training_args.uncheckpointed_layers < 0:
-        problems.append(f"`uncheckpointed_layers` must be 0 or more, got {training_args.uncheckpointed_layers}.")
     if not training_args.gradient_checkpointing and training_args.uncheckpointed_layers:
         problems.append("`uncheckpointed_layers` only applies with `gradient_checkpointing: true`: turn that on, or "
                         "remove `uncheckpointed_layers` (without checkpointing no layer is recomputed).")
@@ -240,8 +345,8 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         problems.append("A quantized base cannot be trained without adapters: set `use_peft: true` (QLoRA) or "
                         "`load_in_4bit: false`.")
-    if training_args.max_length is None or training_args.max_length <= 0:
-        problems.append("`max_length` must be a positive token count (prompt + summary + EOS).")
+    if training_args.max_length is None:  # its range is in NUMERIC_RANGES; unset, nothing would fit the rows to it
+        problems.append("`max_length` must be set: the most tokens of prompt + summary + EOS in a row.")
     if training_args.hub_token:
         problems.append("Never put a hub token in a recipe or on the command line (it would be saved with the run): "
                         "remove `hub_token` and export HF_TOKEN instead.")
@@ -384,6 +489,7 @@ def parse_args(argv: list[str] | None = None, script: str | None = None,
     name = script or "train.py"
     parser = TrlParser((DataArguments, EvalArguments, TrainArguments, ModelConfig))
     parser.error = _argparse_error(name)  # one `error:` line instead of argparse's usage dump
+    defaults = {action.dest: action.default for action in parser._actions}
     # TRL defaults to bf16=True, which fails on CPUs and T4s before any recipe is read; precision is the recipe's
     # choice, so the project default is full precision and every GPU recipe sets fp16 or bf16 explicitly.
     parser.set_defaults_with_config(bf16=False)
@@ -394,6 +500,10 @@ def parse_args(argv: list[str] | None = None, script: str | None = None,
             raise ConfigError(f"Recipe file not found: {path}. Pass an existing YAML file to --config.")
         parser.set_defaults_with_config(**_read_recipe(parser, argv[index + 1], name))
         del argv[index:index + 2]
+    # Ranges are checked on the values as given, before the dataclasses' own __post_init__ checks (which raise the
+    # libraries' messages, or none) and before anything is built from them.
+    given, _ = parser.parse_known_args(argv)
+    _check_ranges(vars(given), defaults, name)
     try:
         data_args, eval_args, training_args, model_args = _parse(parser, argv, training=name == "train.py")
     except ValueError as err:
