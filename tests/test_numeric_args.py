@@ -19,10 +19,13 @@ DEMO = ["--config", "recipes/tiny/demo.yaml"]
 
 
 def outside(allowed: Range) -> float:
-    """A value just outside the range: on its lower bound when that is excluded, else one below it."""
+    """A value just outside the range: on its lower bound when that is excluded, else one below it; inf when it is
+    unbounded."""
     if allowed.low is not None:
         return allowed.low if allowed.low_open else allowed.low - 1
-    return allowed.high if allowed.high_open else allowed.high + 1 if allowed.high is not None else float("inf")
+    if allowed.high is not None:
+        return allowed.high if allowed.high_open else allowed.high + 1
+    return float("inf")
 
 
 def parse_through_cli(argv: list[str], capsys) -> tuple[int, str]:
