@@ -169,3 +169,10 @@ def test_summarize_many_refuses_bad_input_with_one_line(tiny_model_dir, tmp_path
     assert expected in errors[0]
     if case != "exists":
         assert not out.exists()
+
+
+def test_mbr_with_beam_search_is_refused(in_repo):
+    from sumtune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="num_beams: 1"):
+        parse_args(["--config", "recipes/tiny/demo.yaml", "--mbr_candidates", "4", "--num_beams", "2"])
