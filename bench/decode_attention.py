@@ -12,13 +12,11 @@ bandwidth of reading the keys and values once, and the largest difference from a
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
-import sys
 import time
 
 import torch
+from common import append_rows, run_context, synchronize
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from sumtune.generation import decode_attention_forward
@@ -45,13 +43,13 @@ def flex_decode(flex, query, key, value, position, block: int = 128):
 
 
 def time_us(fn, iters: int, device: torch.device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    """Microseconds per call, after one untimed call."""
     fn()
-    sync()
+    synchronize(device.type)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    sync()
+    synchronize(device.type)
     return (time.perf_counter() - start) / iters * 1e6
 
 
@@ -94,10 +92,9 @@ def main() -> None:
     parser.add_argument("--output", help="append one JSON row per shape and kernel")
     opts = parser.parse_args()
     device = torch.device(opts.device)
+    # Compiled on CUDA (its fused decoding kernel); eager on the CPU, where the smoke test checks the code path only
     flex = torch.compile(flex_attention, dynamic=False) if device.type == "cuda" else flex_attention
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "date": date, "command": "python " + shlex.join(sys.argv)}
+    env = run_context(("torch",))
     rows_out = []
     generator = torch.Generator(device="cpu").manual_seed(0)
     for shape in opts.shapes.split(","):
@@ -106,8 +103,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows_out.append(row)
     if opts.output:
-        with open(opts.output, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows_out)
+        append_rows(opts.output, rows_out)
 
 
 if __name__ == "__main__":

@@ -6,45 +6,36 @@ process and once with --gpus processes, and appends one JSON object per run to -
 summaries/s from the run's own manifest (`generation`: wall time from every model loaded to the last row), whether the
 predictions file holds every row exactly once in dataset order, and the share of rows equal to the 1-process run's.
 --recheck then runs the 1-process evaluation again on GPU 0 and on GPU 1: how much of the N-process mismatch is
-run-to-run variation, how much the other GPU.
+run-to-run variation, how much the other GPU. The figures: docs/performance.md.
 
     python bench/eval_data_parallel.py --assets .device_assets --gpus 2          # on a machine with 2 GPUs
-    python bench/eval_data_parallel.py --assets ../shared --tiny --rows 24       # CPU smoke test (2 CPU processes)
+    python bench/eval_data_parallel.py --assets ../shared --tiny --rows 24 --results /tmp/e.jsonl   # CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common import append_rows, run_context, sample_file, save_random_phi
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(assets: Path, work: Path, repeat: int, rows: int | None, tiny: bool) -> tuple[Path, Path]:
+    """The random-weight model (bf16 on a GPU, float32 for the CPU smoke test) and the repeated sample."""
     import torch
-    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
 
     model_dir, data_dir = work / "model", work / "data"
     if not (model_dir / "config.json").is_file():
-        config = PhiConfig.from_pretrained(assets / "phi-2")
-        if tiny:
-            config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256,
-                           "num_attention_heads": 4, "num_key_value_heads": 4})
-        torch.manual_seed(0)
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = PhiForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-        model.save_pretrained(model_dir)
-        AutoTokenizer.from_pretrained(assets / "phi-2").save_pretrained(model_dir)
-    source = next(p for p in (assets / "xsum_test_sample_500.jsonl", assets / "data/xsum_test_sample_500.jsonl")
-                  if p.is_file())
-    sample = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        save_random_phi(assets, model_dir, tiny, torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    sample = [json.loads(line) for line in sample_file(assets).read_text(encoding="utf-8").splitlines()
+              if line.strip()]
     out = [{"id": f"{r['id']}-{k}", "document": r["document"], "summary": r["summary"]}
            for k in range(repeat) for r in sample][:rows]
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +43,7 @@ def build(assets: Path, work: Path, repeat: int, rows: int | None, tiny: bool) -
     return model_dir, data_dir
 
 
-def main() -> None:
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--assets", default=".device_assets", help="folder with phi-2/ and xsum_test_sample_500.jsonl")
     p.add_argument("--work", default="/tmp/sumtune-eval-dp")
@@ -65,14 +56,11 @@ def main() -> None:
     p.add_argument("--results", default="bench/results/generate_throughput.jsonl")
     p.add_argument("--tiny", action="store_true", help="2-layer model on CPU processes (smoke test)")
     p.add_argument("--recheck", action="store_true", help="then 1 process again, on GPU 0 and on GPU 1")
-    opts = p.parse_args()
+    return p.parse_args()
 
-    import torch
 
-    from sumtune.manifest import package_versions
-
-    work = Path(opts.work)
-    model_dir, data_dir = build(Path(opts.assets), work, opts.repeat, opts.rows, opts.tiny)
+def evaluation_runs(opts, model_dir: Path, data_dir: Path) -> dict[str, tuple[int, str | None, list[str]]]:
+    """name -> (processes, visible GPUs or None for all, argv): one process, --gpus processes, and the rechecks."""
     common = ["evaluate.py", "--config", "recipes/phi-2/qlora.yaml", "--model_name_or_path", str(model_dir),
               "--dataset_name", str(data_dir), "--load_in_4bit", "false", "--max_new_tokens", str(opts.new_tokens),
               "--generation_max_batch_tokens", str(opts.max_batch_tokens), "--bootstrap_samples", "10",
@@ -81,7 +69,6 @@ def main() -> None:
     if opts.tiny:
         common += ["--dtype", "float32", "--bf16", "false"]
     config = "accelerate_configs/multi_cpu.yaml" if opts.tiny else "accelerate_configs/multi_gpu.yaml"
-    # name -> (processes, visible GPUs or None for all, argv)
     runs = {
         "1": (1, None, [sys.executable, *common]),
         str(opts.gpus): (opts.gpus, None, [
@@ -90,44 +77,53 @@ def main() -> None:
     }
     if opts.recheck:
         runs |= {f"1-again-gpu{g}": (1, str(g), [sys.executable, *common]) for g in range(min(2, opts.gpus))}
+    return runs
+
+
+def evaluate(name: str, visible: str | None, argv: list[str], work: Path) -> tuple[dict, list[dict], float]:
+    """Run evaluate.py once: its manifest, its prediction rows and the wall seconds."""
+    out = work / f"out-{name}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    start = time.time()
+    proc = subprocess.run([*argv, "--output_dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+    (work / f"eval-{name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        sys.exit(f"{name}-process evaluation failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return manifest, preds, time.time() - start
+
+
+def main() -> None:
+    opts = parse_args()
+    work = Path(opts.work)
+    model_dir, data_dir = build(Path(opts.assets), work, opts.repeat, opts.rows, opts.tiny)
     ids = [json.loads(line)["id"] for line in (data_dir / "test.jsonl").read_text().splitlines()]
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    context = run_context(("torch", "transformers", "accelerate"))
     predictions, rows = {}, []
-    for name, (gpus, visible, argv) in runs.items():
-        out = work / f"out-{name}"
-        start = time.time()
-        run_env = env if visible is None else dict(env, CUDA_VISIBLE_DEVICES=visible)
-        proc = subprocess.run([*argv, "--output_dir", str(out)], cwd=ROOT, env=run_env, capture_output=True, text=True)
-        (work / f"eval-{name}.log").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            sys.exit(f"{name}-process evaluation failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
-        manifest = json.loads((out / "manifest.json").read_text())
-        preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for name, (gpus, visible, argv) in evaluation_runs(opts, model_dir, data_dir).items():
+        manifest, preds, wall = evaluate(name, visible, argv, work)
         predictions[name] = [r["prediction"] for r in preds]
         one = predictions["1"]
         where = "" if visible is None else f", again, GPU {visible} only"
-        row = {"variant": f"sumtune evaluate.py, bf16, {gpus} process(es){where}", "stock": False, "device": device,
-               "gpus": gpus, "visible_gpus": visible, "date": date,
-               "versions": package_versions(("torch", "transformers", "accelerate")),
-               "rows": len(ids), "new_tokens": opts.new_tokens, "max_batch_tokens": opts.max_batch_tokens,
-               "batch_size": opts.batch_size,
+        row = {"variant": f"sumtune evaluate.py, bf16, {gpus} process(es){where}", "stock": False,
+               "device": context["device"], "gpus": gpus, "visible_gpus": visible, "date": context["date"],
+               "versions": context["versions"], "rows": len(ids), "new_tokens": opts.new_tokens,
+               "max_batch_tokens": opts.max_batch_tokens, "batch_size": opts.batch_size,
                "summaries_per_s": manifest["generation"]["summaries_per_s"],
-               "generation_seconds": manifest["generation"]["seconds"], "wall_s": round(time.time() - start, 1),
+               "generation_seconds": manifest["generation"]["seconds"], "wall_s": round(wall, 1),
                "every_row_once_in_order": [r["id"] for r in preds] == ids,
                "match_rate": sum(a == b for a, b in zip(predictions[name], one, strict=True)) / len(one),
-               "match_reference": "the 1-process run", "peak_gib": None,
-               "command": "python " + shlex.join(sys.argv)}
+               "match_reference": "the 1-process run", "peak_gib": None, "command": context["command"]}
         rows.append(row)
         print(f"{name} process(es){where}: {row['summaries_per_s']} summaries/s over {len(ids)} rows, every row "
               f"once in order: {row['every_row_once_in_order']}, same as 1 process: {row['match_rate']:.1%}",
               flush=True)
     rows[1]["speedup_vs_1"] = round(rows[1]["summaries_per_s"] / rows[0]["summaries_per_s"], 2)
     print(f"speed-up {opts.gpus} vs 1: {rows[1]['speedup_vs_1']}x")
-    Path(opts.results).parent.mkdir(parents=True, exist_ok=True)
-    with open(opts.results, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    append_rows(opts.results, rows)
 
 
 if __name__ == "__main__":

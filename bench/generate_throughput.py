@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import shlex
-import sys
-import time
+import os
 from pathlib import Path
 
 import torch
+from common import append_rows, run_context, timed
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from sumtune.data import fit_to_budget
@@ -35,7 +33,7 @@ from sumtune.modeling import FUSED_ACTIVATIONS, load_tokenizer
 from sumtune.prompts import read_text, render_prompt
 
 TEST_ROWS = 11_334  # XSum test split
-GIB = 2**30
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "trl")
 
 
 def parse_args():
@@ -89,7 +87,10 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=2, help="Rounds of the --compare alternation.")
     p.add_argument("--eager", action="store_true", help="Project path without a CUDA graph of the decoding step.")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: shrink the model to 2 small layers.")
-    return p.parse_args()
+    args = p.parse_args()
+    if unknown := set(filter(None, args.compare.split(","))) - set(COMPARE):
+        p.error(f"--compare: unknown {sorted(unknown)}; known: {sorted(COMPARE)}")
+    return args
 
 
 def build_prompts(args, tokenizer) -> list[list[dict]]:
@@ -231,254 +232,301 @@ def copy_prefill():
         SlotCache.prefill_cache = original
 
 
-def timed(device: str, fn):
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    memory = {}
-    if device == "cuda":
-        memory = {"peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2),
-                  "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2)}
-    return result, seconds, memory
+def match_stats(outputs: dict[int, list[int]], reference: dict[int, list[int]], top: dict[int, list[dict]],
+                new_tokens: int, tie_gap: float) -> dict:
+    """How a variant's greedy tokens compare with a reference run's on the rows both have: the share of equal rows,
+    how many leading tokens differing rows still share (a late near-tie flip, not an offset bug), and, where the
+    reference's top logits were kept (`top`), whether each first difference was a near-tie of the reference."""
+    rows = [i for i in reference if i in outputs]
+    matched = [outputs[i] == reference[i] for i in rows]
+    prefix = [next((k for k, (x, y) in enumerate(zip(outputs[i], reference[i], strict=False)) if x != y),
+                   len(outputs[i])) for i in rows]
+    stats = {"match_rate": round(sum(matched) / len(matched), 4) if matched else None, "match_rows": len(matched),
+             "mean_matching_prefix": round(sum(prefix) / len(prefix), 2) if prefix else None}
+    if not (top and matched):
+        return stats
+    # At the first differing token: how far did the reference's logit for this variant's token trail its top-1?
+    # (None: not among the reference's 8 best.)
+    diverged = [(i, k) for i, k in zip(rows, prefix, strict=True) if k < new_tokens and i in top]
+    trails = [None if outputs[i][k] not in top[i][k] else round(max(top[i][k].values()) - top[i][k][outputs[i][k]], 4)
+              for i, k in diverged]
+    leads = sorted(sorted(step.values())[-1] - sorted(step.values())[-2] for i in top for step in top[i])
+    near_tie = sum(t is not None and t <= tie_gap for t in trails)
+    return stats | {"match_or_near_tie_rate": round((sum(matched) + near_tie) / len(matched), 4), "tie_gap": tie_gap,
+                    "first_difference_trails": trails, "reference_lead_median": round(leads[len(leads) // 2], 4),
+                    "reference_steps_led_by_at_most_tie_gap": round(sum(g <= tie_gap for g in leads) / len(leads), 4)}
 
 
-def main():
-    args = parse_args()
+class Bench:
+    """One invocation: the prompts, the runs that later variants are matched against, and the rows it writes."""
+
+    LOOP = "own greedy loop, KV cache preallocated per batch"
+
+    def __init__(self, args, device: str, tokenizer, prompts: list, prompt_tokens: list[int], common: dict):
+        self.args, self.device, self.tokenizer, self.prompts = args, device, tokenizer, prompts
+        self.prompt_tokens, self.common = prompt_tokens, common
+        self.reference: dict[str, dict[int, list[int]]] = {}
+        self.margins: dict[str, dict[int, list[dict[int, float]]]] = {}  # per reference and row: top 8 {token: logit}
+        self.settings = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager, "fuse_rotary": True}
+        self.budgets = [int(b) for b in args.budgets.split(",") if b]
+
+    def batching(self, budget) -> str:
+        return f"sorted, max_batch_tokens={budget}, batch_size<={self.args.batch_size}"
+
+    def project(self, model, budget, rows=None, batch_size=None, **kwargs) -> dict[int, list[int]]:
+        """sumtune.generation's path, forced to --new-tokens tokens a row."""
+        args = self.args
+        kwargs = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager} | kwargs
+        return dict(iter_token_ids(model, self.tokenizer, self.prompts if rows is None else rows, args.new_tokens, 1,
+                                   batch_size or args.batch_size, budget, min_new_tokens=args.new_tokens,
+                                   cudnn_attention=args.cudnn_attention, **kwargs))
+
+    def stock(self, model, rows: list, batch_size: int, keep_as: str | None = None,
+              new_tokens: int | None = None) -> dict[int, list[int]]:
+        """Stock generate(); `keep_as`: keep its tokens and top logits as a reference of that name."""
+        margins = self.margins.setdefault(keep_as, {}) if keep_as else None
+        out = stock_generate(model, self.tokenizer, rows, batch_size, new_tokens or self.args.new_tokens, margins)
+        if keep_as:
+            self.reference[keep_as] = out
+        return out
+
+    def time(self, fn):
+        return timed(self.device, fn)
+
+    def record(self, variant: str, stock: bool, outputs: dict[int, list[int]], seconds: float, memory: dict,
+               ref: str, **extra) -> None:
+        rows = len(outputs)
+        assert sorted(outputs) == list(range(rows)), "every row exactly once"
+        assert all(len(ids) == self.args.new_tokens for ids in outputs.values())
+        stats = match_stats(outputs, self.reference.get(ref, {}), self.margins.get(ref, {}), self.args.new_tokens,
+                            self.args.tie_gap)
+        entry = {"variant": variant, "stock": stock, **self.common, "rows": rows, "seconds": round(seconds, 2),
+                 "summaries_per_s": round(rows / seconds, 2),
+                 "projected_min_11334": round(TEST_ROWS / (rows / seconds) / 60, 2),
+                 "match_rate": stats.pop("match_rate"), "match_rows": stats.pop("match_rows"),
+                 "match_reference": ref, **stats, **memory, **extra}
+        append_rows(self.args.output, [entry])
+        print(f"{variant:<34} {entry['summaries_per_s']:>8.2f}/s {entry['projected_min_11334']:>8.1f} min "
+              f"match={entry['match_rate']} ({entry['match_rows']}) "
+              f"near-tie-or-match={stats.get('match_or_near_tie_rate')} peak={memory.get('peak_gib')} GiB", flush=True)
+
+
+def run_stock_model(bench: Bench, model, skip: set[str]) -> None:
+    """Stock generate() at batch 1 (the first match reference) and 64, and the project loop, on the stock model."""
+    args, prompts = bench.args, bench.prompts
+    bench.stock(model, prompts[:4], 4, new_tokens=2)  # warm-up: kernels, cuBLAS handles
+    if "stock_b1" not in skip:
+        out, s, mem = bench.time(lambda: bench.stock(model, prompts[: args.batch1_rows], 1, keep_as="bf16_b1"))
+        bench.record("stock_bf16_b1", True, out, s, mem, "bf16_b1", decode="generate()",
+                     batching="batch 1, dataset order")
+    if "stock_b64" not in skip:
+        out, s, mem = bench.time(lambda: bench.stock(model, prompts, 64))
+        bench.record("stock_bf16_b64", True, out, s, mem, "bf16_b1", decode="generate()",
+                     batching="batch 64, dataset order, left-padded")
+    if bench.budgets and "project_stock_act" not in skip:
+        # The project loop on the stock model (Python-op gelu_new): the loop's share of the gain, apart from the
+        # fused activation that evaluate.py's model loading adds.
+        budget = bench.budgets[0]
+        out, s, mem = bench.time(lambda: bench.project(model, budget))
+        bench.record(f"project_bf16_tokens{budget}_stock_act", False, out, s, mem, "bf16_b1", decode=bench.LOOP,
+                     batching=f"sorted, max_batch_tokens={budget}", activation="gelu_new (stock)")
+
+
+def run_project(bench: Bench, model, skip: set[str]) -> str:
+    """The model as evaluate.py loads it: stock batch 1 on it (the match reference), then the project path at each
+    budget. Returns the reference's name."""
+    args, activation = bench.args, model.config.hidden_act
+    ref = "bf16_b1"
+    if "stock_b1" not in skip:
+        ref = "bf16_b1_fused_act"
+        out, s, mem = bench.time(lambda: bench.stock(model, bench.prompts[: args.batch1_rows], 1, keep_as=ref))
+        bench.record("stock_bf16_b1_fused_act", True, out, s, mem, ref, decode="generate()",
+                     batching="batch 1, dataset order", activation=activation)
+    if bench.budgets:  # warm-up of the project path (kernels, cuBLAS heuristics, graph capture), untimed
+        bench.project(model, bench.budgets[0], bench.prompts[:64])
+    if "sorted_b64" not in skip:
+        out, s, mem = bench.time(lambda: bench.project(model, None, batch_size=64))
+        bench.record("project_bf16_sorted_b64", False, out, s, mem, ref, decode=bench.LOOP,
+                     batching="batch 64, sorted by length", activation=activation)
+    for budget in bench.budgets:
+        out, s, mem = bench.time(lambda b=budget: bench.project(model, b))
+        bench.record(f"project_bf16_tokens{budget}", False, out, s, mem, ref, decode=bench.LOOP,
+                     batching=bench.batching(budget), activation=activation, deterministic=args.deterministic,
+                     **bench.settings)
+        bench.reference[f"project_{budget}"] = out
+    return ref
+
+
+COMPARE = {"eager": {"cuda_graph": False}, "cat_rotary": {"fuse_rotary": False}, "copy_prefill": {},
+           **{k: {"decode_attention": k} for k in DECODE_ATTENTION}}
+
+
+def run_comparisons(bench: Bench, model, ref: str, compare: list[str]) -> None:
+    """The default path alternated with each change, --repeats rounds, same rows and the last budget (sdpa: SDPA and
+    a padding mask instead of the two batched matrix products; eager: no CUDA graph)."""
+    if not (compare and bench.budgets):
+        return
+    budget = bench.budgets[-1]
+    for repeat in range(bench.args.repeats):
+        for change in ["default", *compare]:
+            kwargs = COMPARE.get(change, {})
+            with copy_prefill() if change == "copy_prefill" else contextlib.nullcontext():
+                out, s, mem = bench.time(lambda kwargs=kwargs: bench.project(model, budget, **kwargs))
+            same = sum(out[i] == bench.reference[f"project_{budget}"][i] for i in out) / len(out)
+            bench.record(f"project_bf16_tokens{budget}_{change}_round{repeat + 1}", False, out, s, mem, ref,
+                         decode=bench.LOOP, batching=bench.batching(budget), activation=model.config.hidden_act,
+                         **{**bench.settings, **kwargs}, same_tokens_as_default=round(same, 4))
+
+
+def run_rerun(bench: Bench, model) -> None:
+    """The first budget again in the same process: does the same run give the same tokens?"""
+    budget = bench.budgets[0]
+    out, s, mem = bench.time(lambda: bench.project(model, budget))
+    bench.record(f"project_bf16_tokens{budget}_rerun", False, out, s, mem, f"project_{budget}", decode=bench.LOOP,
+                 batching="the same as the first run", activation=model.config.hidden_act,
+                 deterministic=bench.args.deterministic, **bench.settings)
+
+
+def write_profile(bench: Bench, model) -> None:
+    """Where the time goes (prefill vs decoding kernels, attention, copies): one pass over the first rows."""
+    subset = bench.prompts[: bench.args.profile_rows or None]
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if bench.device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        _, s, _ = bench.time(lambda: bench.project(model, bench.budgets[0], subset))
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if bench.device == "cuda"
+                                      else "self_cpu_time_total", row_limit=30, max_name_column_width=70)
+    Path(bench.args.profile).write_text(f"the first {len(subset)} rows, max_batch_tokens={bench.budgets[0]}, "
+                                        f"{s:.2f} s wall (under the profiler), {bench.settings}\n\n" + table)
+
+
+def run_generate_variants(bench: Bench, model, ref: str) -> None:
+    """generate() on the project's batches: a static KV cache (--static), and torch.compile on one batch of
+    median-length rows, run twice: the first call compiles, the second shows the steady state (--compile-rows)."""
+    args, budget = bench.args, bench.budgets[0] if bench.budgets else None
+    if args.static:
+        out, s, mem = bench.time(lambda: bench.project(model, budget, cache_implementation="static",
+                                                       disable_compile=True))
+        bench.record(f"project_bf16_tokens{budget}_generate_static", False, out, s, mem, ref,
+                     decode="generate(cache_implementation='static', disable_compile=True)",
+                     batching=f"sorted, max_batch_tokens={budget}")
+    if args.compile_rows:
+        order = sorted(range(len(bench.prompts)), key=lambda i: bench.prompt_tokens[i])
+        subset = [bench.prompts[i] for i in order[len(order) // 2:][: args.compile_rows]]
+        n = len(subset)
+        for label, kwargs in (("dynamic", {}), ("static_compile_first", {"cache_implementation": "static"}),
+                              ("static_compile_second", {"cache_implementation": "static"})):
+            out, s, mem = bench.time(lambda kw=kwargs: bench.project(model, None, subset, n, **kw))
+            bench.record(f"project_bf16_{n}rows_{label}", False, out, s, mem, "none",
+                         decode="generate()" + (", static cache, auto torch.compile" if kwargs else ", dynamic cache"),
+                         batching=f"one batch of {n} median-length rows")
+
+
+def run_fp32(bench: Bench) -> None:
+    """The same weights in float32 (no TF32): stock batch 1 and 64, and the project path, on the same rows. Separates
+    an algorithmic difference (would persist) from bf16 rounding near-ties."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = build_model(bench.args, bench.device, torch.float32)
+    rows, budget = bench.prompts[: bench.args.fp32_match_rows], bench.budgets[0]
+    out, s, mem = bench.time(lambda: bench.stock(model, rows, 1, keep_as="fp32_b1"))
+    bench.record("stock_fp32_b1", True, out, s, mem, "fp32_b1", decode="generate()", batching="batch 1, dataset order")
+    out, s, mem = bench.time(lambda: bench.stock(model, rows, 64))
+    bench.record("stock_fp32_b64", True, out, s, mem, "fp32_b1", decode="generate()",
+                 batching="batch 64, dataset order, left-padded")
+    out, s, mem = bench.time(lambda: bench.project(model, budget, rows))
+    bench.record(f"project_fp32_tokens{budget}", False, out, s, mem, "fp32_b1", decode=bench.LOOP,
+                 batching=bench.batching(budget))
+
+
+def run_nf4(bench: Bench, skip: set[str]) -> None:
+    """The adapter on the NF4 base, as evaluate.py runs it: on the 4-bit layers, with the base dequantized once
+    (--dequantize_4bit_base true), and with the adapter merged into it in memory (--merge_adapter true)."""
+    import tempfile
+
+    from sumtune.modeling import dequantize_4bit_linears, merge_adapter_weights
+
+    args = bench.args
+    model = build_model(args, bench.device, fused_act=True)  # as evaluate.py loads it
+    with tempfile.TemporaryDirectory() as folder:
+        model = build_nf4_lora(model, bench.device, Path(folder))
+    model.eval()
+    bench.stock(model, bench.prompts[:4], 4, new_tokens=2)
+    if args.nf4_batch1_rows:
+        out, s, mem = bench.time(lambda: bench.stock(model, bench.prompts[: args.nf4_batch1_rows], 1,
+                                                     keep_as="nf4_b1"))
+        bench.record("stock_nf4_lora_b1", True, out, s, mem, "nf4_b1", decode="generate()",
+                     batching="batch 1, dataset order")
+    budget = bench.budgets[-1]
+    out, s, mem = bench.time(lambda: bench.project(model, budget))
+    bench.record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=bench.LOOP,
+                 batching=bench.batching(budget), **bench.settings)
+    if "nf4_dequantized" in skip:
+        return
+    dequantize_4bit_linears(model)
+    for budget in bench.budgets:
+        out, s, mem = bench.time(lambda budget=budget: bench.project(model, budget))
+        bench.record(f"project_nf4_lora_dequantized_tokens{budget}", False, out, s, mem, "nf4_b1", decode=bench.LOOP,
+                     batching=bench.batching(budget), **bench.settings)
+    if "nf4_merged" not in skip:
+        model = merge_adapter_weights(model)
+        budget = bench.budgets[0]
+        out, s, mem = bench.time(lambda: bench.project(model, budget))
+        bench.record(f"project_nf4_lora_dequantized_merged_tokens{budget}", False, out, s, mem, "nf4_b1",
+                     decode=bench.LOOP, batching=bench.batching(budget), **bench.settings)
+
+
+def setup(args):
+    """Global switches, the tokenizer, the prompts, the stock model, and the fields every row of this invocation
+    carries. Returns the Bench and the model."""
     if args.no_cudnn_sdp:
         torch.backends.cuda.enable_cudnn_sdp(False)
     if args.deterministic:
-        import os
-
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
         torch.use_deterministic_algorithms(True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    skip = set(filter(None, args.skip.split(",")))
     tokenizer = load_tokenizer(tokenizer_folder(args), "prompts/chat_template.jinja", padding_side="left")
     args.vocab_size = len(tokenizer)
     prompts = build_prompts(args, tokenizer)
     prompt_tokens = [len(tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"])
                      for p in prompts]
     model = build_model(args, device)
-    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    for name in ("transformers", "peft", "bitsandbytes", "trl"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
+    context = run_context(PACKAGES)
+    context["versions"]["cuda"] = torch.version.cuda
     common = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "gpus": 1,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions,
+        "device": context["device"], "gpus": 1, "date": context["date"], "versions": context["versions"],
         "model": describe_model(args, model), "tokenizer": tokenizer_folder(args),
         "matmul_decode": matmul_decode_supported(model),
         "attn_implementation": model.config._attn_implementation, "new_tokens": args.new_tokens,
         "forced_length": "min_new_tokens = max_new_tokens (random weights never emit EOS; real ones may not either)",
         "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
-        "prompt_tokens_max": max(prompt_tokens), "tile": args.tile,
-        "command": "python " + shlex.join(sys.argv),
+        "prompt_tokens_max": max(prompt_tokens), "tile": args.tile, "command": context["command"],
         "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),  # the global switch (stock variants run with it)
         "project_cudnn_attention": args.cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled(),
     }
-    print(json.dumps(common, indent=1), flush=True)
-    reference: dict[str, dict[int, list[int]]] = {}
-    margins: dict[str, dict[int, list[dict[int, float]]]] = {}  # per reference and row: {token: logit}, top 8 a step
+    return Bench(args, device, tokenizer, prompts, prompt_tokens, common), model
 
-    def record(variant: str, stock: bool, outputs: dict[int, list[int]], seconds: float, memory: dict,
-               ref: str, **extra):
-        rows = len(outputs)
-        assert sorted(outputs) == list(range(rows)), "every row exactly once"
-        assert all(len(ids) == args.new_tokens for ids in outputs.values())
-        pairs = [(outputs[i], ids) for i, ids in reference.get(ref, {}).items() if i in outputs]
-        matched = [a == b for a, b in pairs]
-        # where rows differ: how many leading tokens still agree (a late near-tie flip vs a real bug)
-        prefix = [next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a)) for a, b in pairs]
-        # At the first differing token: how far did the reference's logit for this variant's token trail its top-1?
-        # (None: not among the reference's 8 best.)
-        top = margins.get(ref, {})
-        diverged = [(i, k) for (i, _), k in zip(((i, ids) for i, ids in reference.get(ref, {}).items() if i in outputs),
-                                                prefix, strict=True) if k < args.new_tokens and i in top]
-        trails = [None if outputs[i][k] not in top[i][k] else round(max(top[i][k].values()) - top[i][k][outputs[i][k]],
-                                                                       4) for i, k in diverged]
-        leads = sorted(sorted(step.values())[-1] - sorted(step.values())[-2] for i in top for step in top[i])
-        ties = {}
-        if top and matched:
-            near_tie = sum(t is not None and t <= args.tie_gap for t in trails)
-            ties = {"match_or_near_tie_rate": round((sum(matched) + near_tie) / len(matched), 4),
-                    "tie_gap": args.tie_gap, "first_difference_trails": trails,
-                    "reference_lead_median": round(leads[len(leads) // 2], 4),
-                    "reference_steps_led_by_at_most_tie_gap": round(sum(g <= args.tie_gap for g in leads) / len(leads),
-                                                                    4)}
-        entry = {"variant": variant, "stock": stock, **common, "rows": rows, "seconds": round(seconds, 2),
-                 "summaries_per_s": round(rows / seconds, 2),
-                 "projected_min_11334": round(TEST_ROWS / (rows / seconds) / 60, 2),
-                 "match_rate": round(sum(matched) / len(matched), 4) if matched else None,
-                 "match_rows": len(matched), "match_reference": ref,
-                 "mean_matching_prefix": round(sum(prefix) / len(prefix), 2) if prefix else None, **ties, **memory,
-                 **extra}
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-        print(f"{variant:<34} {entry['summaries_per_s']:>8.2f}/s {entry['projected_min_11334']:>8.1f} min "
-              f"match={entry['match_rate']} ({len(matched)}) near-tie-or-match={ties.get('match_or_near_tie_rate')} "
-              f"peak={memory.get('peak_gib')} GiB", flush=True)
 
-    def project(model, budget, rows=prompts, batch_size=args.batch_size, **kwargs):
-        kwargs = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager} | kwargs
-        return dict(iter_token_ids(model, tokenizer, rows, args.new_tokens, 1, batch_size, budget,
-                                   min_new_tokens=args.new_tokens, cudnn_attention=args.cudnn_attention, **kwargs))
-
-    loop = "own greedy loop, KV cache preallocated per batch"
-    settings = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager, "fuse_rotary": True}
-
-    stock_generate(model, tokenizer, prompts[:4], 4, 2)  # warm-up: kernels, cuBLAS handles
-    if "stock_b1" not in skip:
-        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
-                                                           args.new_tokens, margins.setdefault("bf16_b1", {})))
-        reference["bf16_b1"] = out
-        record("stock_bf16_b1", True, out, s, mem, "bf16_b1", decode="generate()",
-               batching="batch 1, dataset order")
-    if "stock_b64" not in skip:
-        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts, 64, args.new_tokens))
-        record("stock_bf16_b64", True, out, s, mem, "bf16_b1", decode="generate()",
-               batching="batch 64, dataset order, left-padded")
-    budgets = [int(b) for b in args.budgets.split(",") if b]
-    if budgets and "project_stock_act" not in skip:
-        # The project loop on the stock model (Python-op gelu_new): the loop's share of the gain, apart from the
-        # fused activation that evaluate.py's model loading adds.
-        out, s, mem = timed(device, lambda: project(model, budgets[0]))
-        record(f"project_bf16_tokens{budgets[0]}_stock_act", False, out, s, mem, "bf16_b1", decode=loop,
-               batching=f"sorted, max_batch_tokens={budgets[0]}", activation="gelu_new (stock)")
+def main():
+    args = parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    bench, model = setup(args)
+    print(json.dumps(bench.common, indent=1), flush=True)
+    run_stock_model(bench, model, skip)
     del model
-    model = build_model(args, device, fused_act=True)  # what evaluate.py loads
-    activation = model.config.hidden_act
-    ref = "bf16_b1"
-    if "stock_b1" not in skip:
-        # The match reference for the project variants below: stock generate() on the same model, one row at a time.
-        ref = "bf16_b1_fused_act"
-        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.batch1_rows], 1,
-                                                           args.new_tokens, margins.setdefault(ref, {})))
-        reference[ref] = out
-        record("stock_bf16_b1_fused_act", True, out, s, mem, ref, decode="generate()",
-               batching="batch 1, dataset order", activation=activation)
-    if budgets:  # warm-up of the project path (kernels, cuBLAS heuristics, graph capture), untimed
-        project(model, budgets[0], prompts[:64])
-    if "sorted_b64" not in skip:
-        out, s, mem = timed(device, lambda: project(model, None, batch_size=64))
-        record("project_bf16_sorted_b64", False, out, s, mem, ref, decode=loop,
-               batching="batch 64, sorted by length", activation=activation)
-    for budget in budgets:
-        out, s, mem = timed(device, lambda b=budget: project(model, b))
-        record(f"project_bf16_tokens{budget}", False, out, s, mem, ref, decode=loop,
-               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", activation=activation,
-               deterministic=args.deterministic, **settings)
-        reference[f"project_{budget}"] = out
-    changes = {"eager": {"cuda_graph": False}, "cat_rotary": {"fuse_rotary": False}, "copy_prefill": {},
-               **{k: {"decode_attention": k} for k in DECODE_ATTENTION}}
-    compare = [c for c in args.compare.split(",") if c]
-    if unknown := set(compare) - set(changes):
-        sys.exit(f"--compare: unknown {sorted(unknown)}; known: {sorted(changes)}")
-    for repeat in range(args.repeats if compare and budgets else 0):
-        # The default alternated with each change, same rows and budget (sdpa: SDPA + a padding mask instead of the
-        # two batched matrix products; eager: no CUDA graph)
-        budget = budgets[-1]
-        for change in ["default", *compare]:
-            kwargs = changes.get(change, {})
-            with copy_prefill() if change == "copy_prefill" else contextlib.nullcontext():
-                out, s, mem = timed(device, lambda kwargs=kwargs, budget=budget: project(model, budget, **kwargs))
-            record(f"project_bf16_tokens{budget}_{change}_round{repeat + 1}", False, out, s, mem, ref, decode=loop,
-                   batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}",
-                   activation=activation, **{**settings, **kwargs}, same_tokens_as_default=round(
-                       sum(out[i] == reference[f"project_{budget}"][i] for i in out) / len(out), 4))
-    if args.rerun and budgets:
-        out, s, mem = timed(device, lambda: project(model, budgets[0]))
-        record(f"project_bf16_tokens{budgets[0]}_rerun", False, out, s, mem, f"project_{budgets[0]}", decode=loop,
-               batching="the same as the first run", activation=activation, deterministic=args.deterministic,
-               **settings)
+    model = build_model(args, bench.device, fused_act=True)  # what evaluate.py loads
+    ref = run_project(bench, model, skip)
+    run_comparisons(bench, model, ref, [c for c in args.compare.split(",") if c])
+    if args.rerun and bench.budgets:
+        run_rerun(bench, model)
     if args.profile:
-        # Where the time goes (prefill vs decode kernels, attention, copies): one pass over the first rows.
-        subset = prompts[: args.profile_rows or None]
-        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda"
-                                                              else [])
-        with torch.profiler.profile(activities=activities) as prof:
-            _, s, _ = timed(device, lambda: project(model, budgets[0], subset))
-        events = prof.key_averages()
-        Path(args.profile).write_text(f"the first {len(subset)} rows, max_batch_tokens={budgets[0]}, {s:.2f} s wall "
-                                      f"(under the profiler), {settings}\n\n" + events.table(
-                                          sort_by="self_cuda_time_total" if device == "cuda" else "self_cpu_time_total",
-                                          row_limit=30, max_name_column_width=70))
-    if args.static:
-        out, s, mem = timed(device, lambda: project(model, budgets[0], cache_implementation="static",
-                                                    disable_compile=True))
-        record(f"project_bf16_tokens{budgets[0]}_generate_static", False, out, s, mem, ref,
-               decode="generate(cache_implementation='static', disable_compile=True)",
-               batching=f"sorted, max_batch_tokens={budgets[0]}")
-    if args.compile_rows:
-        # One batch of similar-length rows, run twice: the first call compiles, the second shows the steady state.
-        order = sorted(range(len(prompts)), key=lambda i: prompt_tokens[i])
-        subset = [prompts[i] for i in order[len(order) // 2:][: args.compile_rows]]
-        n = len(subset)
-        for label, kwargs in (("dynamic", {}), ("static_compile_first", {"cache_implementation": "static"}),
-                              ("static_compile_second", {"cache_implementation": "static"})):
-            out, s, mem = timed(device, lambda kw=kwargs: project(model, None, subset, n, **kw))
-            record(f"project_bf16_{n}rows_{label}", False, out, s, mem, "none",
-                   decode="generate()" + (", static cache, auto torch.compile" if kwargs else ", dynamic cache"),
-                   batching=f"one batch of {n} median-length rows")
+        write_profile(bench, model)
+    run_generate_variants(bench, model, ref)
     del model
     if args.fp32_match_rows:
-        # Same weights in float32 (no TF32): stock batch 1 and batch 64, and the project path, on the same rows.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        model = build_model(args, device, torch.float32)
-        rows = prompts[: args.fp32_match_rows]
-        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 1, args.new_tokens,
-                                                           margins.setdefault("fp32_b1", {})))
-        reference["fp32_b1"] = out
-        record("stock_fp32_b1", True, out, s, mem, "fp32_b1", decode="generate()", batching="batch 1, dataset order")
-        out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, rows, 64, args.new_tokens))
-        record("stock_fp32_b64", True, out, s, mem, "fp32_b1", decode="generate()",
-               batching="batch 64, dataset order, left-padded")
-        out, s, mem = timed(device, lambda: project(model, budgets[0], rows))
-        record(f"project_fp32_tokens{budgets[0]}", False, out, s, mem, "fp32_b1", decode=loop,
-               batching=f"sorted, max_batch_tokens={budgets[0]}, batch_size<={args.batch_size}")
-        del model
+        run_fp32(bench)
     if "nf4" not in skip:
-        import tempfile
-
-        model = build_model(args, device, fused_act=True)  # as evaluate.py loads it
-        with tempfile.TemporaryDirectory() as folder:
-            model = build_nf4_lora(model, device, Path(folder))
-        model.eval()
-        stock_generate(model, tokenizer, prompts[:4], 4, 2)
-        if args.nf4_batch1_rows:
-            out, s, mem = timed(device, lambda: stock_generate(model, tokenizer, prompts[: args.nf4_batch1_rows], 1,
-                                                               args.new_tokens, margins.setdefault("nf4_b1", {})))
-            reference["nf4_b1"] = out
-            record("stock_nf4_lora_b1", True, out, s, mem, "nf4_b1", decode="generate()",
-                   batching="batch 1, dataset order")
-        budget = budgets[-1]
-        out, s, mem = timed(device, lambda: project(model, budget))
-        record(f"project_nf4_lora_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
-               batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **settings)
-        if "nf4_dequantized" not in skip:  # evaluate.py --dequantize_4bit_base true: the same weights, dequantized once
-            from sumtune.modeling import dequantize_4bit_linears
-
-            dequantize_4bit_linears(model)
-            for budget in budgets:
-                out, s, mem = timed(device, lambda budget=budget: project(model, budget))
-                record(f"project_nf4_lora_dequantized_tokens{budget}", False, out, s, mem, "nf4_b1", decode=loop,
-                       batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}", **settings)
-            if "nf4_merged" not in skip:  # and the adapter added to those weights in memory (--merge_adapter true)
-                from sumtune.modeling import merge_adapter_weights
-
-                model = merge_adapter_weights(model)
-                budget = budgets[0]
-                out, s, mem = timed(device, lambda: project(model, budget))
-                record(f"project_nf4_lora_dequantized_merged_tokens{budget}", False, out, s, mem, "nf4_b1",
-                       decode=loop, batching=f"sorted, max_batch_tokens={budget}, batch_size<={args.batch_size}",
-                       **settings)
+        run_nf4(bench, skip)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,24 @@
-"""Training throughput of the QLoRA recipes against a stock TRL script, on a Phi-2-shaped random-weight model.
+"""Training throughput of the recipes against a stock TRL script, on a Phi-2-shaped random-weight model.
 
-One invocation builds the model (config from ../shared/phi-2, random weights, fp16 safetensors) and XSum-length data
-(../shared/data/xsum_test_sample_500.jsonl through sumtune's own budget fitting), then trains every variant in its own
+One invocation builds the model (Phi-2's config and tokenizer from --assets, random weights, fp16 safetensors) and
+XSum-length data (the 500-row sample through sumtune's own budget fitting), then trains every variant in its own
 process on the same rows, seed and global batch, and appends one JSON object per variant to --results.
 
-    python bench/train_throughput.py --assets .device_assets                      # all variants, on a CUDA GPU
+    python bench/train_throughput.py --assets .device_assets                      # the default variants, on a GPU
     python bench/train_throughput.py --assets .device_assets --variants stock-fp16,qlora,qlora-t4
-    python bench/train_throughput.py --assets .device_assets --tiny --steps 3      # CPU smoke test of the code paths
-    python bench/train_throughput.py --assets .device_assets --variants qlora,qlora-ddp --gpus 2 --same_rows \
+    python bench/train_throughput.py --assets ../shared --tiny --global_batch 4 --warmup 1 --steps 1 \
+        --variants stock-fp16,qlora --results /tmp/t.jsonl                       # CPU smoke test of the code paths
+    python bench/train_throughput.py --assets .device_assets --variants qlora,qlora-ddp --gpus 2 --same_rows \\
         --warmup 2 --steps 28 --repeats 3    # DDP vs 1 GPU over the same rows, alternated, medians at the end
 
 Tokens are non-padding tokens (TRL's own count: attention_mask sum, or the packed length when padding-free), summed
-over the optimizer steps after --warmup; peak is torch.cuda.max_memory_reserved of the variant's process.
+over the optimizer steps after --warmup; peak is torch.cuda.max_memory_reserved of the variant's process. The figures
+and what they mean: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -28,6 +29,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/test_gpu.py loads this file by path
+
+from common import append_rows, log, run_context, sample_file, save_random_phi, synchronize  # noqa: E402
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 T4_GIB = 15.0  # a T4 shows ~15 GiB of its 16 GB to CUDA; emulated with set_per_process_memory_fraction
 
@@ -35,7 +40,8 @@ CAUSAL = ["--causal_only_training_attention", "true"]  # no padding mask in trai
 COMPILE = ["--compile_decoder_layers", "true"]  # torch.compile of each decoder layer in training (warm up >= 2 steps)
 
 # name -> how it is trained. `stock`: a plain SFTTrainer script ("fp16"/"bf16"); `recipe`: through sumtune with CLI
-# `args`; `patch`: bench-only prototypes of src changes (see PATCHES); `cap`: GiB cap; `data`: "real" or "long".
+# `args`; `patch`: bench-only changes applied after the trainer is built (`apply_patches`); `cap`: GiB cap; `data`:
+# "real", "long" or "large" (DATA_DIRS).
 VARIANTS = {
     "stock-fp16": {"stock": "fp16", "reference": True},
     "stock-bf16": {"stock": "bf16"},
@@ -47,15 +53,15 @@ VARIANTS = {
     "qlora-long": {"recipe": "recipes/phi-2/qlora.yaml", "data": "long"},
     # The train split repeated to LARGE_ROWS rows: length-grouped megabatches as large as on a real dataset (see
     # bench/rank_balance.py: with 450 rows they hold 3 batches, and DDP's two ranks get batches of unequal length).
-    # Each megabatch is sorted longest first, so a run shorter than 50 steps of 32 trains long rows only (14 steps:
-    # mean 912 tokens a row against 486 in `real`): its tokens/s is not XSum's mix; DDP vs 1 GPU stays like for like.
+    # Each megabatch is sorted longest first, so a run shorter than 50 steps of 32 trains long rows only: its tokens/s
+    # is not XSum's mix (docs/performance.md gives both); DDP vs 1 GPU stays like for like.
     "qlora-large": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large"},
     "qlora-large-causal": {"recipe": "recipes/phi-2/qlora.yaml", "data": "large",
                            "args": CAUSAL},
-    # The bf16 recipe with autocast's fp32 LayerNorm, as before sumtune.modeling.layer_norm_in_input_dtype
+    # The bf16 recipe with autocast's fp32 LayerNorm (sumtune.modeling.layer_norm_in_input_dtype undone)
     "qlora-autocast-ln": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["autocast-ln"]},
-    # Lead from the 2026-11-27 16:10 profile (bench/results/profile_train_bs16_nogc_2026-11-27.txt): cuDNN attention
-    # spent ~2.1 ms of CPU per call building plans for each new sequence length; PyTorch's own kernels instead.
+    # SDPA without cuDNN attention, which builds an execution plan on the CPU for each new sequence length
+    # (bench/results/profile_train_bs16_nogc_2026-11-27.txt); PyTorch's own kernels instead.
     "qlora-no-cudnn-sdp": {"recipe": "recipes/phi-2/qlora.yaml", "patch": ["no-cudnn-sdp"]},
     # Training without the padding mask (sumtune.modeling.causal_attention_for_right_padded_training): flash attention
     "qlora-causal": {"recipe": "recipes/phi-2/qlora.yaml", "args": CAUSAL},
@@ -73,19 +79,20 @@ VARIANTS = {
     "qlora-fsdp-settings": {"recipe": "recipes/phi-2/qlora-fsdp.yaml"},
     # LoRA on the 16-bit base (no 4-bit dequantization in any forward), at qlora-40gb's speed settings
     "lora-40gb": {"recipe": "recipes/phi-2/lora-40gb.yaml"},
-    # The T4 recipe's earlier settings with the big-GPU recipe's levers, under the same cap (= qlora-t4.yaml now)
+    # The T4 recipe with compiled layers, no padding mask and no dropout, under the same cap (what qlora-t4.yaml sets;
+    # `qlora-t4` runs the recipe file itself)
     "qlora-t4-compile-causal-nodrop": {"recipe": "recipes/phi-2/qlora-t4.yaml", "cap": T4_GIB,
                                        "args": [*COMPILE, *CAUSAL, "--lora_dropout", "0"]},
-    # The big-GPU recipe with SDPA's flash kernel inside the compiled layers instead of cuDNN's (the 2026-12-02
-    # profile: cuDNN there), and with 4 more layers keeping their activations (its peak was 33.9 GiB of 40)
+    # The 40 GB recipe with SDPA's flash kernel inside the compiled layers instead of cuDNN's (which SDPA picks
+    # there), and with more layers keeping their activations (the recipe's peak leaves room under 40 GiB)
     "qlora-40gb-no-cudnn-sdp": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "patch": ["no-cudnn-sdp"]},
     "qlora-40gb-keep14": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--uncheckpointed_layers", "14"]},
     "qlora-40gb-keep12": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--uncheckpointed_layers", "12"]},
-    # Nothing recomputed at the recipe's batch of 32 (~86 GiB: an H200, not an 80 GB card): what its kernels give
+    # Nothing recomputed at the recipe's batch of 32 (more memory than an 80 GB card holds): what its kernels give
     # without any recomputation, a bound on what more memory could buy this recipe
     "qlora-40gb-keep32": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--uncheckpointed_layers", "32"]},
     # PyTorch's fused AdamW (one kernel for all LoRA tensors, float32 states) instead of bitsandbytes' paged 8-bit one,
-    # which launches kernels per tensor (4.7% of the 2026-12-02 profile's GPU time); LoRA's states are ~0.2 GB in fp32
+    # which launches kernels per tensor; LoRA's optimizer states are small enough to keep in fp32
     "qlora-40gb-fused-adamw": {"recipe": "recipes/phi-2/qlora-40gb.yaml", "args": ["--optim", "adamw_torch_fused"]},
     "qlora-40gb-keep12-fused-adamw": {"recipe": "recipes/phi-2/qlora-40gb.yaml",
                                       "args": ["--uncheckpointed_layers", "12", "--optim", "adamw_torch_fused"]},
@@ -108,9 +115,10 @@ def bs(n: int) -> list[str]:
 
 
 # Names: precision, micro-batch, checkpointing (gc/nogc), pf = padding-free, grouped = length-grouped sampler,
-# gelu = fused tanh GELU (bench patch), nodrop = lora_dropout 0, long = the longest rows only (memory worst case),
-# gcN = checkpointing on every N-th decoder layer only, sac = TRL's selective checkpointing (attention output kept),
-# causal = no padding mask in training (causal_only_training_attention),
+# gelu = fused tanh GELU (every recipe variant has it: sumtune.modeling.load_model applies FUSED_ACTIVATIONS),
+# nodrop = lora_dropout 0, long = the longest rows only (memory worst case), gcN = checkpointing on every N-th decoder
+# layer only, sac = TRL's selective checkpointing (attention output kept), causal = no padding mask in training
+# (causal_only_training_attention), compile = torch.compile (TRL's whole model, or sumtune's decoder layers).
 LEVERS = {
     "bf16-bs8-gc": BF16 + bs(8),
     "bf16-bs16-gc": BF16 + bs(16),
@@ -134,7 +142,7 @@ LEVERS = {
     "bf16-bs64-gc-grouped": BF16 + bs(64) + GROUP,
     "bf16-bs64-gc-grouped-nodrop": BF16 + bs(64) + NODROP + GROUP,
     "bf16-bs32-gc-grouped-compile": BF16 + bs(32) + ["--torch_compile", "true"] + GROUP,
-    # Recompute less (issue 3's >= 18,000 tokens/s at <= 40 GiB): no LoRA dropout, fewer checkpointed layers, SAC.
+    # Recompute less: no LoRA dropout, fewer checkpointed layers, SAC.
     "bf16-bs32-gc-grouped-nodrop": BF16 + bs(32) + NODROP + GROUP,
     "bf16-bs16-nogc-grouped-nodrop": BF16 + bs(16) + NODROP + GROUP + NOGC,
     "bf16-bs32-gc2-grouped": BF16 + bs(32) + gc_every(2) + GROUP,
@@ -162,12 +170,12 @@ LEVERS = {
 for _name, _args in LEVERS.items():
     # Names without "nodrop" keep the LoRA dropout they were measured with (0.05), whatever the recipe says now.
     _drop = [] if "nodrop" in _name else ["--lora_dropout", "0.05"]
-    VARIANTS[_name] = {"recipe": _args[1], "args": [*_args[2:], *_drop], "patch": ["gelu"] if "-gelu" in _name else [],
+    VARIANTS[_name] = {"recipe": _args[1], "args": [*_args[2:], *_drop], "patch": [],
                        "cap": T4_GIB if _name.startswith("t4-") else None,
                        "data": "long" if "-long" in _name else "real"}
 VARIANTS["bf16-bs16-nogc-grouped-nodrop-no-cudnn-sdp"] = {**VARIANTS["bf16-bs16-nogc-grouped-nodrop"],
                                                          "patch": ["no-cudnn-sdp"]}
-# Several GPUs of one machine (issue 6): `launch` is the accelerate config the child runs under, one process per GPU.
+# Several GPUs of one machine: `launch` is the accelerate config the child runs under, one process per GPU.
 # Gradient accumulation stays what it is on one GPU, so each GPU does the same work per step as the 1-GPU variant.
 VARIANTS |= {
     "qlora-ddp": {"recipe": "recipes/phi-2/qlora.yaml", "launch": "accelerate_configs/multi_gpu.yaml"},
@@ -189,15 +197,12 @@ VARIANTS |= {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 # ---------------------------------------------------------------- assets: model and data, built once per invocation
 
 
 DATA_DIRS = {"real": "data", "long": "data-long", "large": "data-large"}
 LARGE_ROWS = 6_400  # LengthGroupedSampler's megabatches reach their cap (50 batches of 32) from 6,400 rows
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets")
 
 
 def build_assets(assets: Path, work: Path, tiny: bool) -> tuple[Path, Path, Path]:
@@ -205,65 +210,50 @@ def build_assets(assets: Path, work: Path, tiny: bool) -> tuple[Path, Path, Path
 
     `assets` holds phi-2/ and xsum_test_sample_500.jsonl (directly or under data/, as ../shared does)."""
     import torch
-    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
-
-    from sumtune.config import DataArguments
-    from sumtune.data import prepare_datasets, save_prepared
-    from sumtune.modeling import load_tokenizer
 
     model_dir = work / "phi-2-random"
     data_dir, long_dir, large_dir = (work / DATA_DIRS[kind] for kind in ("real", "long", "large"))
     if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
-        config = PhiConfig.from_pretrained(assets / "phi-2")
-        if tiny:
-            config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256,
-                           "num_attention_heads": 4, "num_key_value_heads": 4})
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = PhiForCausalLM(config).half()
-        model.save_pretrained(model_dir, safe_serialization=True)
-        AutoTokenizer.from_pretrained(assets / "phi-2").save_pretrained(model_dir)
-        del model
+        save_random_phi(assets, model_dir, tiny, torch.float16)
         log(f"model saved to {model_dir}")
     if not (data_dir / "stats.json").is_file():
-        tokenizer = load_tokenizer(str(model_dir), "prompts/chat_template.jinja")
-        rows = next(p for p in (assets / "xsum_test_sample_500.jsonl", assets / "data/xsum_test_sample_500.jsonl")
-                    if p.is_file())
-        data_args = DataArguments(dataset_name=str(rows))
-        dataset, stats = prepare_datasets(data_args, tokenizer, 1024, 42)
-        save_prepared(dataset, stats, data_dir)
-        # Worst case for memory: the longest rows only (every one near max_length).
-        order = sorted(range(len(dataset["train"])), key=lambda i: -dataset["train"][i]["num_tokens"])
-        dataset["train"] = dataset["train"].select(order[:64])
-        save_prepared(dataset, stats, long_dir)
-        log(f"data: {json.dumps(stats['train'])}")
+        prepare_rows(sample_file(assets), model_dir, data_dir, long_dir)
     if not (large_dir / "stats.json").is_file():
-        from datasets import load_from_disk
-
-        dataset = load_from_disk(str(data_dir))
-        rows = len(dataset["train"])
-        dataset["train"] = dataset["train"].select([i % rows for i in range(LARGE_ROWS)])
-        stats = json.loads((data_dir / "stats.json").read_text())
-        stats["bench_note"] = f"train split: the {rows} rows repeated to {LARGE_ROWS}"
-        save_prepared(dataset, stats, large_dir)
+        repeat_rows(data_dir, large_dir)
     return model_dir, data_dir, long_dir
 
 
+def prepare_rows(sample: Path, model_dir: Path, data_dir: Path, long_dir: Path) -> None:
+    """The sample fitted to max_length 1024 by sumtune.data, and its 64 longest training rows alone."""
+    from sumtune.config import DataArguments
+    from sumtune.data import prepare_datasets, save_prepared
+    from sumtune.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir), "prompts/chat_template.jinja")
+    dataset, stats = prepare_datasets(DataArguments(dataset_name=str(sample)), tokenizer, 1024, 42)
+    save_prepared(dataset, stats, data_dir)
+    # Worst case for memory: the longest rows only (every one near max_length).
+    order = sorted(range(len(dataset["train"])), key=lambda i: -dataset["train"][i]["num_tokens"])
+    dataset["train"] = dataset["train"].select(order[:64])
+    save_prepared(dataset, stats, long_dir)
+    log(f"data: {json.dumps(stats['train'])}")
+
+
+def repeat_rows(data_dir: Path, large_dir: Path) -> None:
+    """The training rows repeated to LARGE_ROWS, so length-grouped megabatches are as large as on a real dataset."""
+    from datasets import load_from_disk
+
+    from sumtune.data import save_prepared
+
+    dataset = load_from_disk(str(data_dir))
+    rows = len(dataset["train"])
+    dataset["train"] = dataset["train"].select([i % rows for i in range(LARGE_ROWS)])
+    stats = json.loads((data_dir / "stats.json").read_text())
+    stats["bench_note"] = f"train split: the {rows} rows repeated to {LARGE_ROWS}"
+    save_prepared(dataset, stats, large_dir)
+
+
 # ------------------------------------------------------------------------------------- one variant, in its process
-
-def patch_gelu(model) -> int:
-    """Prototype: Phi-2's `gelu_new` is the tanh GELU written as ~8 eager ops, each saving an activation for backward;
-    `gelu_pytorch_tanh` is the same function in one fused kernel. In src: load with `hidden_act="gelu_pytorch_tanh"`."""
-    from transformers.activations import ACT2FN, NewGELUActivation
-
-    swapped = 0
-    for module in model.modules():
-        if isinstance(getattr(module, "activation_fn", None), NewGELUActivation):
-            module.activation_fn = ACT2FN["gelu_pytorch_tanh"]
-            swapped += 1
-    return swapped
-
 
 def stock_trainer(precision: str, model_dir: Path, data_dir: Path, out: Path, steps: int, global_batch: int):
     """What a plain TRL script does: NF4 double-quant, LoRA r16/a32, paged 8-bit AdamW, batch 4, checkpointing."""
@@ -315,19 +305,88 @@ def recipe_trainer(recipe: str, extra: list[str], model_dir: Path, data_dir: Pat
     # Same examples per optimizer step in every variant, so losses after the same steps compare.
     training_args.gradient_accumulation_steps = max(1, global_batch // training_args.per_device_train_batch_size)
     if training_args.padding_free and not training_args.packing:
-        # Prototype of a src change: rows are already fit to max_length by sumtune.data, and TRL refuses
-        # padding_free with max_length set (it would not enforce it), so pass max_length=None to SFTTrainer.
+        # Rows are already fit to max_length by sumtune.data, and TRL refuses padding_free with max_length set (it
+        # would not enforce it), so the bench passes max_length=None to SFTTrainer.
         training_args.max_length = None
     return build_trainer(data_args, training_args, model_args)
 
 
-def run_variant(name: str, opts) -> dict:
+def apply_patches(trainer, patches: list[str]) -> None:
+    """Bench-only changes to a built trainer: settings the library does not offer, measured against its own."""
     import torch
-    from transformers import TrainerCallback, set_seed
+
+    if "no-cudnn-sdp" in patches:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        log("SDPA: cuDNN attention disabled (flash / memory-efficient kernels)")
+    if "autocast-ln" in patches:  # undo layer_norm_in_input_dtype: the class's forward again
+        undone = [m.__dict__.pop("forward") for m in trainer.model.modules()
+                  if isinstance(m, torch.nn.LayerNorm) and "forward" in m.__dict__]
+        log(f"LayerNorm back under autocast (fp32) in {len(undone)} modules")
+
+
+def step_meter(trainer, device: str):
+    """A callback that records, at the end of each optimizer step: the time, the tokens trained so far and the graphs
+    torch.compile has built so far (a compile inside the timed steps is flagged). Returns it and its list of marks."""
+    from torch._dynamo.utils import counters
+    from transformers import TrainerCallback
+
+    marks: list[tuple[float, int, int]] = []
+
+    class Meter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
+            marks.append((time.perf_counter(), trainer._total_train_tokens, counters["stats"]["unique_graphs"]))
+
+    return Meter(), marks
+
+
+def step_profiler(step: int, path: str, device: str):
+    """A callback that runs torch.profiler over optimizer step `step` and writes its table to `path`.
+    gpu_busy_share = summed kernel time / wall time of the step: well below 1 means the GPU waits on the CPU
+    (launches, Python)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if device == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                synchronize(device)
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.start()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step + 1 and hasattr(self, "prof"):
+                synchronize(device)
+                wall = time.perf_counter() - self.t0
+                self.prof.stop()
+                write_profile(self.prof.key_averages(), wall, path, device)
+
+    return Profile()
+
+
+def write_profile(events, wall: float, path: str, device: str) -> None:
+    gpu = [e for e in events if e.device_type.name == "CUDA"]  # kernel rows; operator rows repeat them
+    busy = sum(e.self_device_time_total for e in gpu) / 1e6
+    Path(path).write_text(
+        f"step wall {wall:.3f} s, summed kernel time {busy:.3f} s, gpu_busy_share {busy / wall:.2f}, "
+        f"kernels {sum(e.count for e in gpu)}\n\n"
+        + events.table(sort_by="self_cuda_time_total" if device == "cuda" else "self_cpu_time_total", row_limit=40,
+                       max_name_column_width=70))
+    log(f"profile written to {path}: gpu_busy_share {busy / wall:.2f}")
+
+
+def run_variant(name: str, opts) -> dict:
+    """Train one variant in this process; its figures (speed, memory, losses, resolved settings)."""
+    import torch
+    from transformers import set_seed
 
     spec = VARIANTS[name]
-    cuda = torch.cuda.is_available()
-    if cuda and spec.get("cap"):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and spec.get("cap"):
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(spec["cap"] * 2**30 / total)
     work = Path(opts.work)
@@ -340,113 +399,65 @@ def run_variant(name: str, opts) -> dict:
     else:
         trainer = recipe_trainer(spec["recipe"], [*spec.get("args", []), *shlex.split(opts.override or "")],
                                  work / "phi-2-random", data_dir, out, steps, opts.global_batch)
-    if "gelu" in spec.get("patch", []):
-        log(f"gelu_new -> gelu_pytorch_tanh in {patch_gelu(trainer.model)} MLPs")
-    if "no-cudnn-sdp" in spec.get("patch", []):
-        torch.backends.cuda.enable_cudnn_sdp(False)
-        log("SDPA: cuDNN attention disabled (flash / memory-efficient kernels)")
-    if "autocast-ln" in spec.get("patch", []):  # undo layer_norm_in_input_dtype: the class's forward again
-        undone = [m.__dict__.pop("forward") for m in trainer.model.modules()
-                  if isinstance(m, torch.nn.LayerNorm) and "forward" in m.__dict__]
-        log(f"LayerNorm back under autocast (fp32) in {len(undone)} modules")
-
-    marks, graphs = [], []
-    from torch._dynamo.utils import counters  # graphs compiled so far: a compile inside the timed steps is flagged
-
-    class Meter(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            marks.append((time.perf_counter(), trainer._total_train_tokens))
-            graphs.append(counters["stats"]["unique_graphs"])
-
-    class Profile(TrainerCallback):
-        """torch.profiler over the first timed optimizer step, written as a table to --profile. gpu_busy_share =
-        summed kernel time / wall time of the step: well below 1 means the GPU waits on the CPU (launches, Python)."""
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == opts.warmup:
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if cuda:
-                    torch.cuda.synchronize()
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
-                self.prof = torch.profiler.profile(activities=activities)
-                self.prof.start()
-                self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == opts.warmup + 1 and hasattr(self, "prof"):
-                if cuda:
-                    torch.cuda.synchronize()
-                wall = time.perf_counter() - self.t0
-                self.prof.stop()
-                events = self.prof.key_averages()
-                gpu = [e for e in events if e.device_type.name == "CUDA"]  # kernel rows; operator rows repeat them
-                busy = sum(e.self_device_time_total for e in gpu) / 1e6
-                Path(opts.profile).write_text(
-                    f"step wall {wall:.3f} s, summed kernel time {busy:.3f} s, gpu_busy_share {busy / wall:.2f}, "
-                    f"kernels {sum(e.count for e in gpu)}\n\n"
-                    + events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=40,
-                                   max_name_column_width=70))
-                log(f"profile written to {opts.profile}: gpu_busy_share {busy / wall:.2f}")
-
-    trainer.add_callback(Meter())
+    apply_patches(trainer, spec.get("patch", []))
+    meter, marks = step_meter(trainer, device)
+    trainer.add_callback(meter)
     if opts.profile:
-        trainer.add_callback(Profile())
-    if cuda:
+        trainer.add_callback(step_profiler(opts.warmup, opts.profile, device))
+    if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     if opts.save_adapter:
         trainer.save_model(opts.save_adapter)
-    (t0, n0), (t1, n1) = marks[opts.warmup - 1], marks[-1]
+    return {"process": trainer.accelerator.process_index, "processes": trainer.accelerator.num_processes,
+            **speed_and_losses(trainer, marks, opts.warmup, device), "settings": resolved_settings(trainer)}
+
+
+def speed_and_losses(trainer, marks: list[tuple[float, int, int]], warmup: int, device: str) -> dict:
+    import torch
+    from torch._dynamo.utils import counters
+
+    (t0, n0, g0), (t1, n1, g1) = marks[warmup - 1], marks[-1]
     logs = [e for e in trainer.state.log_history if "loss" in e]
-    a = trainer.args
     return {
-        "process": trainer.accelerator.process_index,
-        "processes": trainer.accelerator.num_processes,
         "tokens_per_s": round((n1 - n0) / (t1 - t0), 1),
-        "graphs_compiled_in_timed_steps": graphs[-1] - graphs[opts.warmup - 1],
+        "graphs_compiled_in_timed_steps": g1 - g0,
         "graph_breaks": sum(counters["graph_break"].values()),
         # a compile shows as an outlier
         "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:], strict=False)],
-        "peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+        "peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device == "cuda" else None,
         "loss": logs[-1]["loss"],
         "loss_mean": round(sum(e["loss"] for e in logs) / len(logs), 4),
         "grad_norm": logs[-1].get("grad_norm"),
         "losses": [e["loss"] for e in logs],
         "grad_norms": [e.get("grad_norm") for e in logs],
         "tokens": n1 - n0,
-        "settings": {"precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",
-                     "per_device_train_batch_size": a.per_device_train_batch_size,
-                     "gradient_accumulation_steps": a.gradient_accumulation_steps,
-                     "gradient_checkpointing": a.gradient_checkpointing,
-                     "gradient_checkpointing_kwargs": a.gradient_checkpointing_kwargs,
-                     "checkpoint_every_n_layers": getattr(a, "checkpoint_every_n_layers", 1),
-                     "uncheckpointed_layers": getattr(a, "uncheckpointed_layers", 0),
-                     "compile_decoder_layers": getattr(a, "compile_decoder_layers", False),
-                     "causal_only_training_attention": getattr(a, "causal_only_training_attention", False),
-                     "lora_dropout": next(iter(trainer.model.peft_config.values())).lora_dropout
-                     if hasattr(trainer.model, "peft_config") else None,
-                     "padding_free": a.padding_free,
-                     "packing": a.packing, "train_sampling_strategy": a.train_sampling_strategy,
-                     "torch_compile": a.torch_compile,
-                     "attn_implementation": trainer.model.config._attn_implementation},
     }
+
+
+def resolved_settings(trainer) -> dict:
+    """The settings the variant trained with, as the trainer resolved them (recipe, overrides and bench changes)."""
+    a = trainer.args
+    return {"precision": "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32",
+            "per_device_train_batch_size": a.per_device_train_batch_size,
+            "gradient_accumulation_steps": a.gradient_accumulation_steps,
+            "gradient_checkpointing": a.gradient_checkpointing,
+            "gradient_checkpointing_kwargs": a.gradient_checkpointing_kwargs,
+            "checkpoint_every_n_layers": getattr(a, "checkpoint_every_n_layers", 1),
+            "uncheckpointed_layers": getattr(a, "uncheckpointed_layers", 0),
+            "compile_decoder_layers": getattr(a, "compile_decoder_layers", False),
+            "causal_only_training_attention": getattr(a, "causal_only_training_attention", False),
+            "lora_dropout": next(iter(trainer.model.peft_config.values())).lora_dropout
+            if hasattr(trainer.model, "peft_config") else None,
+            "padding_free": a.padding_free,
+            "packing": a.packing, "train_sampling_strategy": a.train_sampling_strategy,
+            "torch_compile": a.torch_compile,
+            "attn_implementation": trainer.model.config._attn_implementation}
 
 
 # ------------------------------------------------------------------------------------------------------ driver
 
-def environment() -> dict:
-    import torch
-
-    from sumtune.manifest import package_versions
-
-    versions = package_versions(("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets"))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"device": device, "versions": versions}
-
-
-def main() -> None:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", default=".device_assets", help="folder with phi-2/ and xsum_test_sample_500.jsonl")
     parser.add_argument("--work", default="/tmp/sumtune-bench", help="scratch: model, data, runs")
@@ -469,89 +480,75 @@ def main() -> None:
     parser.add_argument("--override", help="with --child: extra recipe arguments ('--per_device_train_batch_size 4')")
     parser.add_argument("--profile", help="with --child: profile the first timed step, write the table to this file")
     opts = parser.parse_args()
-
-    if opts.child:  # one variant in this process: print its result as the last line
-        print("RESULT " + json.dumps(run_variant(opts.child, opts)), flush=True)
-        return
-
-    names = list(VARIANTS) if opts.variants == "all" else opts.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
+    if opts.child:
+        return opts
+    opts.names = list(VARIANTS) if opts.variants == "all" else opts.variants.split(",")
+    unknown = [n for n in opts.names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     if opts.same_rows and (opts.steps % opts.gpus or opts.warmup % opts.gpus):
         parser.error(f"--same_rows needs --steps and --warmup divisible by --gpus ({opts.gpus})")
-    work = Path(opts.work)
-    build_assets(Path(opts.assets), work, opts.tiny)
-    env = environment()
-    command = "python " + shlex.join(sys.argv)
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    Path(opts.results).parent.mkdir(parents=True, exist_ok=True)
-    rows, ref, stock = [], None, {}  # stock variants run first when listed first: later rows compare against them
-    for repeat, name in ((k, n) for k in range(opts.repeats) for n in names):
-        log(f"{name} ..." + (f" (repeat {repeat + 1} of {opts.repeats})" if opts.repeats > 1 else ""))
-        spec = VARIANTS[name]
-        launch = [sys.executable]
-        steps, warmup = opts.steps, opts.warmup
-        if spec.get("launch"):  # one process per GPU under accelerate
-            launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", spec["launch"],
-                      "--num_processes", str(opts.gpus), "--main_process_port", str(29600 + len(rows))]
-            if opts.same_rows:
-                steps, warmup = steps // opts.gpus, warmup // opts.gpus
-        argv = [*launch, __file__, "--child", name, "--work", str(work), "--steps", str(steps),
-                "--warmup", str(warmup), "--global_batch", str(opts.global_batch)]
-        start = time.time()
-        try:
-            env_one = child_env
-            if not spec.get("launch"):  # one process sees one GPU (Trainer would wrap several in DataParallel)
-                env_one = dict(child_env, CUDA_VISIBLE_DEVICES=child_env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
-            # Own process group: on a timeout the launcher's workers go too (they would hold the GPUs for the next run)
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_one,
-                                    start_new_session=True)
-            try:
-                stdout, stderr = proc.communicate(timeout=opts.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                stdout, stderr = proc.communicate()
-                raise subprocess.TimeoutExpired(argv, opts.timeout, stdout, stderr) from None
-            lines = (stdout + stderr).strip().splitlines()
-            results = [json.loads(x[7:]) for x in stdout.splitlines() if x.startswith("RESULT ")]
-            # Several processes: rank 0's row (its token count is every rank's), with the largest peak of any GPU.
-            result = next((r for r in results if r.get("process", 0) == 0), None)
-            if result and len(results) > 1:
-                result["peak_gib_per_gpu"] = [r["peak_gib"] for r in sorted(results, key=lambda r: r["process"])]
-                result["peak_gib"] = max(result["peak_gib_per_gpu"], key=lambda g: g or 0)
-                for key in ("graphs_compiled_in_timed_steps", "graph_breaks"):  # any rank's stall stalls them all
-                    result[key] = max(r.get(key, 0) for r in results)
-            error = None if result else next((x for x in reversed(lines) if "Error" in x), lines[-1] if lines else "")
-        except subprocess.TimeoutExpired as expired:  # keep what it printed (bytes here even with text=True)
-            out = b"".join(x if isinstance(x, bytes) else x.encode() for x in (expired.stdout, expired.stderr) if x)
-            result, error, lines = None, f"timeout after {opts.timeout}s", out.decode(errors="replace").splitlines()
-        (work / "logs").mkdir(parents=True, exist_ok=True)
-        (work / "logs" / f"{name}.log").write_text("\n".join(lines))
-        row = {"variant": name, "reference": bool(spec.get("reference")), **env, "date": date,
-               "recipe": spec.get("recipe"), "overrides": spec.get("args", []), "bench_patches": spec.get("patch", []),
-               "launch": spec.get("launch"), "gpus": opts.gpus if spec.get("launch") else 1,
-               "memory_cap_gib": spec.get("cap"), "data": spec.get("data", "real"), "steps": steps,
-               "warmup_steps": warmup, "global_batch": opts.global_batch, "repeat": repeat,
-               "wall_s": round(time.time() - start),
-               "command": command, **(result or {"error": error})}
-        if result:
-            if row["reference"]:
-                ref = row
-            if name.startswith("stock"):
-                stock[result["settings"]["precision"]] = row
-            row["ratio_vs_reference"] = round(row["tokens_per_s"] / ref["tokens_per_s"], 2) if ref else None
-            same = stock.get(result["settings"]["precision"])
-            row["loss_rel_vs_stock"] = round(row["loss"] / same["loss"] - 1, 4) \
-                if same and row["data"] == same["data"] else None
-        rows.append(row)
-        with open(opts.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        log(f"{name}: " + (f"{row['tokens_per_s']} tok/s, peak {row['peak_gib']} GiB, loss {row['loss']}"
-                           if result else f"FAILED: {error}"))
+    return opts
 
-    print(f"\n{env['device']}  {json.dumps(env['versions'])}  {date}")
+
+def child_command(name: str, opts, port: int) -> tuple[list[str], dict, int, int]:
+    """The variant's own process (under accelerate when it launches several): argv, environment, steps, warm-up."""
+    spec = VARIANTS[name]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    launch = [sys.executable]
+    steps, warmup = opts.steps, opts.warmup
+    if spec.get("launch"):  # one process per GPU under accelerate
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", spec["launch"],
+                  "--num_processes", str(opts.gpus), "--main_process_port", str(port)]
+        if opts.same_rows:
+            steps, warmup = steps // opts.gpus, warmup // opts.gpus
+    else:  # one process sees one GPU (Trainer would wrap several in DataParallel)
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    argv = [*launch, __file__, "--child", name, "--work", opts.work, "--steps", str(steps),
+            "--warmup", str(warmup), "--global_batch", str(opts.global_batch)]
+    return argv, env, steps, warmup
+
+
+def run_child(argv: list[str], env: dict, timeout: int) -> tuple[dict | None, str | None, list[str]]:
+    """Run one variant's process: its result (rank 0's, with every rank's peak), an error line, and its output."""
+    # Own process group: on a timeout the launcher's workers go too (they would hold the GPUs for the next run)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return None, f"timeout after {timeout}s", (stdout + stderr).splitlines()
+    lines = (stdout + stderr).strip().splitlines()
+    results = [json.loads(x[7:]) for x in stdout.splitlines() if x.startswith("RESULT ")]
+    # Several processes: rank 0's row (its token count is every rank's), with the largest peak of any GPU.
+    result = next((r for r in results if r.get("process", 0) == 0), None)
+    if result and len(results) > 1:
+        result["peak_gib_per_gpu"] = [r["peak_gib"] for r in sorted(results, key=lambda r: r["process"])]
+        result["peak_gib"] = max(result["peak_gib_per_gpu"], key=lambda g: g or 0)
+        for key in ("graphs_compiled_in_timed_steps", "graph_breaks"):  # any rank's stall stalls them all
+            result[key] = max(r.get(key, 0) for r in results)
+    error = None if result else next((x for x in reversed(lines) if "Error" in x), lines[-1] if lines else "")
+    return result, error, lines
+
+
+def compare_with_stock(row: dict, refs: dict) -> None:
+    """Speed against the reference variant and loss against the stock script at the same precision, both run earlier
+    in this invocation (list the stock variants first)."""
+    if row["reference"]:
+        refs["reference"] = row
+    precision = row["settings"]["precision"]
+    if row["variant"].startswith("stock"):
+        refs[precision] = row
+    ref, same = refs.get("reference"), refs.get(precision)
+    row["ratio_vs_reference"] = round(row["tokens_per_s"] / ref["tokens_per_s"], 2) if ref else None
+    row["loss_rel_vs_stock"] = round(row["loss"] / same["loss"] - 1, 4) \
+        if same and row["data"] == same["data"] else None
+
+
+def print_table(rows: list[dict], context: dict) -> None:
+    print(f"\n{context['device']}  {json.dumps(context['versions'])}  {context['date']}")
     print(f"{'variant':32} {'tok/s':>8} {'x ref':>6} {'peak GiB':>9} {'loss':>8} {'vs stock':>9}")
     for r in rows:
         if "tokens_per_s" in r:
@@ -561,16 +558,54 @@ def main() -> None:
                   + ("  COMPILED INSIDE THE TIMED STEPS" if r.get("graphs_compiled_in_timed_steps") else ""))
         else:
             print(f"{r['variant']:32} FAILED: {r['error'][:80]}")
-    if opts.repeats > 1:  # medians over the repeats, each against the first variant's median
-        speeds = {n: sorted(r["tokens_per_s"] for r in rows if r["variant"] == n and "tokens_per_s" in r)
-                  for n in names}
-        base = statistics.median(speeds[names[0]]) if speeds[names[0]] else None
-        print(f"\n{'variant':32} {'runs':>4} {'median':>8} {'min':>8} {'max':>8} {'x ' + names[0]:>12}")
-        for n, values in speeds.items():
-            if values:
-                median = statistics.median(values)
-                print(f"{n:32} {len(values):4} {median:8.0f} {values[0]:8.0f} {values[-1]:8.0f} "
-                      f"{median / base if base else 0:12.2f}")
+
+
+def print_medians(rows: list[dict], names: list[str]) -> None:
+    """Medians over the repeats, each against the first variant's median."""
+    speeds = {n: sorted(r["tokens_per_s"] for r in rows if r["variant"] == n and "tokens_per_s" in r)
+              for n in names}
+    base = statistics.median(speeds[names[0]]) if speeds[names[0]] else None
+    print(f"\n{'variant':32} {'runs':>4} {'median':>8} {'min':>8} {'max':>8} {'x ' + names[0]:>12}")
+    for n, values in speeds.items():
+        if values:
+            median = statistics.median(values)
+            print(f"{n:32} {len(values):4} {median:8.0f} {values[0]:8.0f} {values[-1]:8.0f} "
+                  f"{median / base if base else 0:12.2f}")
+
+
+def main() -> None:
+    opts = parse_args()
+    if opts.child:  # one variant in this process: print its result as the last line
+        print("RESULT " + json.dumps(run_variant(opts.child, opts)), flush=True)
+        return
+    work = Path(opts.work)
+    build_assets(Path(opts.assets), work, opts.tiny)
+    context = run_context(PACKAGES)
+    rows, refs = [], {}
+    for repeat, name in ((k, n) for k in range(opts.repeats) for n in opts.names):
+        log(f"{name} ..." + (f" (repeat {repeat + 1} of {opts.repeats})" if opts.repeats > 1 else ""))
+        spec = VARIANTS[name]
+        argv, env, steps, warmup = child_command(name, opts, 29600 + len(rows))
+        start = time.time()
+        result, error, lines = run_child(argv, env, opts.timeout)
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        (work / "logs" / f"{name}.log").write_text("\n".join(lines))
+        row = {"variant": name, "reference": bool(spec.get("reference")), "device": context["device"],
+               "versions": context["versions"], "date": context["date"],
+               "recipe": spec.get("recipe"), "overrides": spec.get("args", []), "bench_patches": spec.get("patch", []),
+               "launch": spec.get("launch"), "gpus": opts.gpus if spec.get("launch") else 1,
+               "memory_cap_gib": spec.get("cap"), "data": spec.get("data", "real"), "steps": steps,
+               "warmup_steps": warmup, "global_batch": opts.global_batch, "repeat": repeat,
+               "wall_s": round(time.time() - start), "command": context["command"], **(result or {"error": error})}
+        if result:
+            compare_with_stock(row, refs)
+        rows.append(row)
+        append_rows(opts.results, [row])
+        log(f"{name}: " + (f"{row['tokens_per_s']} tok/s, peak {row['peak_gib']} GiB, loss {row['loss']}"
+                           if result else f"FAILED: {error}"))
+    print_table(rows, context)
+    if opts.repeats > 1:
+        print_medians(rows, opts.names)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ KV cache allocated once per batch: `generate()`'s growing cache copies the whole
 H200); each decoding step is replayed as a CUDA graph, its attention two batched matrix products over the cache, and
 Phi's rotary embedding is applied in place. Beam search and extra `generate()` options go through `generate()`.
 torch.compile (a 30 s compile for every new batch shape) and flash attention's varlen kernel for the decoding steps
-were measured and did not pay: see bench/results/generate_throughput.md.
+were measured and did not pay: see docs/performance.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 # SDPA without cuDNN attention. With it (PyTorch 2.11, H200), the same bf16 generation run twice gave different greedy
 # text on 38% of rows; without it 500 of 500 rows matched, at 76 instead of 83-89 summaries/s
-# (bench/results/generate_throughput.md, 2026-11-27 18:05 UTC). Reproducible scores are the default.
+# (docs/evaluation.md, 2026-11-27 18:05 UTC). Reproducible scores are the default.
 REPRODUCIBLE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -119,7 +119,7 @@ def decode_attention_forward(module, query, key, value, attention_mask, dropout:
     cache's (rows, kv heads, slots, dim): each key/value head is read once for its group and never repeated in
     memory (query head h belongs to kv head h // groups, as transformers' repeat_kv orders them).
     Flash attention's varlen kernel over the same cache (each row's unwritten slots a query-less sequence) was
-    measured no faster (its 128-query tiles hold one query here) and dropped (bench/results/generate_throughput.md).
+    measured no faster (its 128-query tiles hold one query here) and dropped (docs/performance.md).
     Registered with transformers' AttentionInterface below; greedy_batch selects it for its decoding steps only.
     """
     if query.shape[2] != 1 or decode_position is None:
@@ -198,7 +198,7 @@ def phi_attention_forward(self, hidden_states, position_embeddings, attention_ma
 
     Phi-2 rotates the first 32 of each head's 80 dimensions; transformers splits q and k, rotates the first part
     (`rotate_half` concatenates its halves) and concatenates the parts again: four copies of q/k per layer, 13% of
-    the GPU time of generation (profile in bench/results/generate_throughput.md). Here the rotated halves are
+    the GPU time of generation (profile in docs/performance.md). Here the rotated halves are
     written back into the projection's output, the same bf16 operations in the same order (x1 cos - x2 sin equals
     x1 cos + (-x2) sin exactly), so the results are bitwise equal (tests/test_generation.py). Used only inside
     greedy_batch (`fused_rotary`), for `PhiAttention` modules without qk_layernorm."""
@@ -295,7 +295,7 @@ class _PrefillIntoSlots(DynamicCache):
     """A prefill's cache that stores nothing itself: each layer's keys and values go straight into a SlotCache's
     buffers. A plain DynamicCache would cost two passes over the prompt's cache: its first update concatenates each
     layer's keys and values to an empty tensor, and they would then be copied into the buffers (7% and up to 4% of
-    generation's GPU time; this path measured +3-10% in alternation, bench/results/generate_throughput.md). A
+    generation's GPU time; this path measured +3-10% in alternation, docs/performance.md). A
     DynamicCache subclass, so that the mask helpers see the empty cache of a prefill from position 0 in every
     transformers version; they run before any layer's update. No layer is ever created, so none is a sliding-window
     layer that would keep only the last window: SlotCache needs slot = position for every layer."""

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 # Phi-2's gelu_new is the tanh GELU written out in Python ops; PyTorch's fused kernel computes the same formula with
-# half the activation memory and +13% training speed (bench/results/train_throughput.md).
+# half the activation memory and +13% training speed (docs/performance.md).
 FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
@@ -141,7 +141,7 @@ def layer_norm_in_input_dtype(model) -> int:
     CUDA autocast runs `layer_norm` in fp32 and returns fp32. In Phi-2 one LayerNorm feeds attention and MLP, and
     bitsandbytes' Linear4bit returns its input's dtype, so q/k/v/fc1 outputs, GELU, fc2 and the residual stream all
     became fp32: two conversion copies around every 4-bit layer and every elementwise op in fp32 (a quarter of the GPU
-    time in a profile of the bf16 recipe; bench/results/train_throughput.md). The LayerNorm kernel accumulates its
+    time in a profile of the bf16 recipe; docs/performance.md). The LayerNorm kernel accumulates its
     statistics in fp32 for bf16 input, so only the output's rounding changes, to the bf16 a plain bf16 model uses.
     For bf16 only: under fp16 (T4) Phi-2's activations can overflow, and there autocast's fp32 is kept. The weights are
     frozen; no library offers this switch, hence the per-instance forward.
