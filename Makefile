@@ -1,7 +1,8 @@
 # One interface for people and CI. `make demo` and `make test` install what they need into .venv on first use.
 #   make demo                                   # the whole chain offline on the CPU: SmolLM2-135M, shipped data
 #   make demo-tiny                              # the same with a tiny random-weight Phi model
-#   make test                                   # CPU test suite (real 4-bit QLoRA path included)
+#   make test                                   # fast CPU tests of every stage (tiny models, 4-bit QLoRA included)
+#   make test-all                               # those and the slow ones: real weights, subprocess chains, DDP
 #   make all RECIPE=recipes/phi-2/qlora-t4.yaml ACCELERATE_CONFIG=accelerate_configs/single_gpu_t4.yaml
 
 RECIPE ?= recipes/phi-2/qlora.yaml
@@ -26,7 +27,7 @@ DEMO_RECIPE := recipes/smollm2-135m/demo-cpu.yaml
 TINY_DIR := outputs/demo-tiny
 TINY_RECIPE := recipes/tiny/demo.yaml
 
-.PHONY: install real-model data train merge eval report all publish demo demo-tiny test test-gpu tensorboard lint clean
+.PHONY: install real-model data train merge eval report all publish demo demo-tiny test test-all test-gpu tensorboard lint clean
 
 install: $(STAMP)
 
@@ -96,8 +97,14 @@ demo-tiny: $(STAMP)
 	HF_HUB_OFFLINE=1 $(MAKE) --no-print-directory all RECIPE=$(TINY_RECIPE) \
 		ACCELERATE_CONFIG=accelerate_configs/cpu.yaml OUTPUT_DIR=$(TINY_DIR)
 
-test: $(STAMP) real-model
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+# The fast tier: at least one test of every stage on tiny models, nothing to download (`slow` marks the rest).
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow and not gpu"
+
+# Everything but the GPU tests: also real SmolLM2 and Gemma 3 weights, scripts run as subprocesses, DDP and
+# SLURM over gloo, killed and resumed runs, the notebook.
+test-all: $(STAMP) real-model
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "not gpu"
 
 test-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m gpu

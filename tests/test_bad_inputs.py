@@ -14,6 +14,9 @@ import pytest
 from conftest import make_rows, write_jsonl
 from helpers_crash import ENV, ROOT, make_data, run_script
 
+# Each case is a subprocess (imports alone take seconds): the whole matrix runs under `make test-all`.
+pytestmark = pytest.mark.slow
+
 # Files a stage writes last or only when done: none may exist after a failed run.
 COMPLETE_MARKERS = ("metrics.json", "predictions.jsonl", "stats.json", "adapter_model.safetensors",
                     "model.safetensors", "manifest.json")

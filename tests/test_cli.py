@@ -25,6 +25,7 @@ def helps():
         return dict(pool.map(run, SCRIPTS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_prints_usage_and_every_option(helps, script):
     result = helps[script]

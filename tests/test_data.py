@@ -171,6 +171,7 @@ def prepare(*argv):
                           env=ENV, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_prepare_runs_a_bf16_recipe_on_any_machine_and_reuses_its_output(tiny_model_dir, data_dir, tmp_path):
     """The default recipe (bf16) prepares data on a CPU; the same command again reuses the folder, other settings
     are refused naming them, and --overwrite_output_dir true prepares anew."""

@@ -69,6 +69,7 @@ def as_flags(values: dict) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tiny_model_dir, demo_rows_dir, tmp_path):
     """1 process x 4 rows and 2 gloo processes x 2 rows: the same loss at every step and the same adapter."""
     from safetensors.torch import load_file
@@ -103,6 +104,7 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_model_dir, demo_rows_dir, 
         assert diff.abs().max() < 1e-4 and diff.norm() < 1e-4 * w.norm(), name
 
 
+@pytest.mark.slow
 def test_two_nodes_rendezvous_through_slurm_script(tiny_model_dir, demo_rows_dir, tmp_path):
     """scripts/slurm/train.sbatch with stand-in srun/scontrol: 2 'nodes' on this machine, one CPU process each."""
     bin_dir = tmp_path / "bin"

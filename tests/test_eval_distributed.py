@@ -71,6 +71,7 @@ def runs(tiny_model_dir, tmp_path_factory):
     return {"data": data, "one": base / "one", "two": base / "two", "logs": logs}
 
 
+@pytest.mark.slow
 def test_two_processes_write_every_row_once_as_one_process_does(runs):
     ids = [json.loads(line)["id"] for line in (runs["data"] / "test.jsonl").read_text().splitlines()]
     one, two = jsonl(runs["one"] / "predictions.jsonl"), jsonl(runs["two"] / "predictions.jsonl")
@@ -94,6 +95,7 @@ def test_two_processes_write_every_row_once_as_one_process_does(runs):
     assert log.count("metrics written to") == 1  # only the main process reports
 
 
+@pytest.mark.slow
 def test_run_killed_under_two_processes_resumes_under_one(runs, tiny_model_dir, tmp_path, monkeypatch, in_repo):
     from sumtune import evaluation
     from sumtune.config import parse_args

@@ -61,6 +61,7 @@ def test_model_mode_generates_every_row(tiny_model_dir, data_dir, tmp_path, in_r
     assert metrics["mode"] == "model" and metrics["max_new_tokens"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT.parent / "shared/data/xsum_test_sample_500.jsonl").is_file(), reason="no shared data")
 def test_lead_baseline_on_real_xsum_rows(tmp_path):
     result = subprocess.run(

@@ -91,6 +91,7 @@ def test_bad_evaluation_arguments_are_config_errors(tmp_path):
         parse_pairs([f"a={folder}", f"a={folder}"])
 
 
+@pytest.mark.slow
 def test_report_script_help_and_bad_input():
     helped = subprocess.run([sys.executable, "report.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert helped.returncode == 0 and "NAME=EVAL_DIR" in helped.stdout

@@ -24,6 +24,7 @@ def loss_curve(adapter_dir):
     return [(e["step"], e["loss"], e["learning_rate"], e["grad_norm"]) for e in history if "loss" in e]
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data", train=40)
     reference = run_script("train.py", tiny_model_dir, "--dataset_name", data, "--output_dir", tmp_path / "ref",
@@ -68,6 +69,7 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
     assert manifest["resumed_from"] and manifest["dataset_fingerprint"] and manifest["prompt_hash"]
 
 
+@pytest.mark.slow
 def test_finished_training_is_reused_not_redone(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data")
     args = ["--dataset_name", data, "--output_dir", tmp_path / "run", "--max_steps", "2", "--save_strategy", "no"]
@@ -79,6 +81,7 @@ def test_finished_training_is_reused_not_redone(tiny_model_dir, tmp_path):
     assert "--overwrite_output_dir true" in changed.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint-2").mkdir(parents=True)
@@ -102,6 +105,7 @@ EVAL_ARGS = ["--load_in_4bit", "false", "--generation_batch_size", "2", "--max_n
              "--bootstrap_samples", "20"]
 
 
+@pytest.mark.slow
 def test_killed_evaluation_generates_only_missing_rows(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data", test=24)
     reference = run_script("evaluate.py", tiny_model_dir, "--dataset_name", data, "--output_dir", tmp_path / "ref",
