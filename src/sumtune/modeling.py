@@ -95,7 +95,7 @@ def load_model(model_args: ModelConfig, quantize: bool = True, device: str | Non
     try:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
                                             trust_remote_code=False)
-        if getattr(config, "hidden_act", None) in FUSED_ACTIVATIONS :
+        if getattr(config, "hidden_act", None) in FUSED_ACTIVATIONS and patches.enabled("fused_gelu"):
             kwargs["hidden_act"] = FUSED_ACTIVATIONS[config.hidden_act]
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as err:

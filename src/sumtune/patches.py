@@ -3,7 +3,7 @@
 Each fast path or workaround below copies upstream code, writes a private attribute, calls a private function or
 overrides a private method. It was checked against the stock path (bitwise or to the tests' tolerance) on the
 versions in `versions`, and `fingerprints` records the upstream code it copies or relies on as it was then: a hash of
-that code's syntax tree (comments, docstrings and formatting left out), one per checked version where it differed.
+that code's text (docstrings, comment lines and blank lines left out), one per checked version where it differed.
 
 Every patch site asks `enabled(name)` first. Outside the checked versions, or when the installed upstream code no
 longer has a recorded fingerprint, the site runs the library's stock path and one warning (once per process) names
@@ -60,49 +60,49 @@ PATCHES = {patch.name: patch for patch in (
           ("transformers.models.phi.modeling_phi:PhiAttention.forward",
            "transformers.models.phi.modeling_phi:apply_rotary_pos_emb",
            "transformers.models.phi.modeling_phi:rotate_half"),
-          frozenset({"3ba97630ba8f322b"}),
+          frozenset({"9f3c1630501888ec"}),
           "generation.fused_rotary: a copy of PhiAttention.forward rotating q and k in place; stock: the class's "
           "forward"),
     Patch("slot_decode_attention", {"transformers": ">=5.17,<5.24"},
           ("transformers.configuration_utils:PreTrainedConfig._attn_implementation", *_ATTENTION_FORWARDS),
-          frozenset({"d91577edf4df85f9"}),
+          frozenset({"da1888eb2412a9f2"}),
           "generation.greedy_batch: writes config._attn_implementation to run decode_attention_forward, which needs "
           "what these attention forwards hand it; stock: the model's own attention with a mask per layer type"),
     Patch("fused_gelu", {"transformers": ">=5.17,<5.24"},
           ("transformers.activations:NewGELUActivation", "transformers.activations:GELUTanh"),
-          frozenset({"b1f7e0d483cbd845"}),
+          frozenset({"d6075af7b392ae86"}),
           "modeling.load_model: hidden_act gelu_new loaded as gelu_pytorch_tanh (the same formula, one kernel); "
           "stock: gelu_new"),
     Patch("layer_norm_in_input_dtype", {"torch": ">=2.11,<2.14"},
           ("torch.nn.modules.normalization:LayerNorm.forward",),
-          frozenset({"aeda8e37d274c9eb"}),
+          frozenset({"e34493655ba6c062"}),
           "modeling.layer_norm_in_input_dtype: a per-instance LayerNorm forward with autocast off (bf16 recipes); "
           "stock: autocast's fp32 LayerNorm"),
     Patch("bnb_cpu_packing", {"bitsandbytes": ">=0.50.2,<0.51"},
           ("bitsandbytes.nn.modules:Linear4bit.forward", "bitsandbytes.nn.modules:_convert_weight_packed_for_cpu",
            "bitsandbytes.nn.modules:_convert_weight_packed_for_cpu_inverse"),
-          frozenset({"46012fcb746068a8"}),
+          frozenset({"5074fadc5a0db754"}),
           "modeling.keep_4bit_weights_trainable_on_cpu clears Linear4bit.support_avx512bf16_for_cpu; "
           "modeling.dequantize_4bit_linears undoes a CPU-packed weight with a private function; stock: bitsandbytes "
           "repacks (training after an evaluation fails on such CPUs) and a packed weight cannot be dequantized"),
     Patch("partial_checkpointing", {"transformers": ">=5.17,<5.24"},
           ("transformers.modeling_layers:GradientCheckpointingLayer",),
-          frozenset({"db110890c5706493", "300f229fd5e418ea"}),  # 5.17 checkpoints in __call__, 5.23 in forward
+          frozenset({"6d910e06896d9288", "d82b041de8a28214"}),  # 5.17 checkpoints in __call__, 5.23 in forward
           "modeling.checkpoint_every_n_layers: clears some decoder layers' gradient_checkpointing flag; stock: every "
           "layer checkpointed"),
     Patch("compiled_decoder_layers", {"transformers": ">=5.17,<5.24", "bitsandbytes": ">=0.50.2,<0.51"},
           ("transformers.modeling_layers:GradientCheckpointingLayer", "bitsandbytes.nn.modules:Linear4bit.forward"),
-          frozenset({"e1ce7f4eeffb7ceb", "b49e74bdc5d75f68"}),
+          frozenset({"9614f41f5d15ab8b", "b99974e888969f0a"}),
           "modeling.compile_decoder_layers_for_training: a per-instance compiled forward on each decoder layer, "
           "frozen 4-bit biases cast as Linear4bit.forward would; stock: eager layers"),
     Patch("causal_only_training_attention", {"trl": ">=1.16,<1.17"},
           ("trl.trainer.sft_trainer:DataCollatorForLanguageModeling.torch_call",),
-          frozenset({"d84a3b7c8001fa91"}),
+          frozenset({"4f7f0a062dd2df0a"}),
           "modeling.causal_attention_for_right_padded_training: drops the padding mask of TRL's right-padded "
           "training batches; stock: the mask is kept"),
     Patch("rank_interleaved_sampler", {"transformers": ">=5.17,<5.24", "trl": ">=1.16,<1.17"},
           ("trl.trainer.sft_trainer:SFTTrainer._get_train_sampler",),
-          frozenset({"8a5d374a5be175b5"}),
+          frozenset({"43c26a625c1c35d3"}),
           "training.GuardedSFTTrainer._get_train_sampler (private) wraps the length-grouped sampler under DDP; "
           "stock: the Trainer's sampler"),
 )}
@@ -123,25 +123,28 @@ def _resolve(target: str):
     return obj
 
 
-def _code(node: ast.AST) -> str:
-    """The syntax tree of one definition, docstrings dropped (ast.dump leaves out comments and line numbers)."""
+def _code(source: str) -> str:
+    """One definition's source without its docstrings, comment lines and blank lines. Text, not the syntax tree:
+    ast.dump's output changes with the Python version (3.12 added fields), the code's text does not."""
+    node = ast.parse(source).body[0]
+    docstrings = set()
     for inner in ast.walk(node):
         body = getattr(inner, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            inner.body = body[1:] or [ast.Pass()]
-    return ast.dump(node)
+            docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return "\n".join(line.rstrip() for number, line in enumerate(source.splitlines(), 1)
+                     if number not in docstrings and line.strip() and not line.strip().startswith("#"))
 
 
 def fingerprint(upstream: tuple[str, ...]) -> str:
-    """A hash of the upstream objects' code: their syntax trees, without comments, docstrings or formatting."""
+    """A hash of the upstream objects' code, without docstrings, comment lines or blank lines (see _code)."""
     digest = hashlib.sha256()
     for target in upstream:
         obj = _resolve(target)
         for part in [obj.fget, obj.fset] if isinstance(obj, property) else [obj]:
             if part is not None:
-                source = textwrap.dedent(inspect.getsource(inspect.unwrap(part)))
-                digest.update(_code(ast.parse(source).body[0]).encode())
+                digest.update(_code(textwrap.dedent(inspect.getsource(inspect.unwrap(part)))).encode())
     return digest.hexdigest()[:16]
 
 
