@@ -23,7 +23,6 @@ import shlex
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sumtune.manifest import device_name, package_versions  # noqa: E402
+from common import append_rows, run_context  # noqa: E402
+
+from sumtune.manifest import PACKAGES  # noqa: E402
 from sumtune.metrics import ROUGE_TYPES, bootstrap_ci, rouge_per_example, summarize_scores  # noqa: E402
 
 # The training settings for a few hundred rows (the recipe's own steps are for XSum's 204k): every row several times,
@@ -171,19 +172,11 @@ def score_systems(eval_dirs: dict[str, Path], samples: int) -> dict[str, dict]:
     return results
 
 
-def append(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-
-
 def common_fields(args, counts: dict) -> dict:
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_name(),
-            "versions": package_versions(), "model": args.model or "(recipe)", "recipe": args.recipe,
+    return run_context(PACKAGES) | {"model": args.model or "(recipe)", "recipe": args.recipe,
             "train_data": str(args.train_data), "test_data": str(args.test_data), "split_seed": args.split_seed,
             "rows": counts,
-            "command": shlex.join([Path(sys.executable).name, *sys.argv]), "note": args.note}
+            "note": args.note}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -195,7 +188,7 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main():
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/smollm2-135m/qlora.yaml")
     parser.add_argument("--model", default=None, help="Overrides the recipe's model_name_or_path.")
@@ -224,40 +217,39 @@ def main():
     parser.add_argument("--tuning-results", type=Path, default=ROOT / "bench/results/quality_tuning.jsonl")
     parser.add_argument("--bootstrap-samples", type=int, default=2000)
     parser.add_argument("--note", default="")
-    args = parser.parse_args()
-    work = args.work_dir.resolve()
-    data = work / "data"
-    counts = split_rows(args.train_data, args.test_data, args.train_rows, args.validation_rows, args.test_rows,
-                        args.split_seed, data)
-    print(f"rows: {counts}", flush=True)
+    return parser.parse_args()
 
-    if args.tune is not None:
-        index, count = (int(v) for v in args.tune_shard.split("/"))
-        settings = json.loads(args.tune.read_text())
-        if isinstance(settings, dict):
-            if str(counts["train"]) not in settings:
-                raise SystemExit(f"error: {args.tune} has settings for {sorted(settings)} training rows, "
-                                 f"not {counts['train']}")
-            settings = settings[str(counts["train"])]
-        groups = list(dict.fromkeys(setting.get("train_args", "") for setting in settings))[index::count]
-        settings = [setting for setting in settings if setting.get("train_args", "") in groups]  # one training each
-        for setting in settings:
-            train_args = f"{DEFAULT_TRAIN_ARGS} {setting.get('train_args', '')}"
-            run_dir, info = train(args, data, train_args, work)
-            name = setting["name"]
-            out = evaluate(args, "adapter", data, "validation", run_dir, setting.get("eval_args", ""),
-                           work / "tune" / name)
-            metrics = score_systems({name: out}, args.bootstrap_samples)[name]
-            metrics.pop("minus")
-            row = common_fields(args, counts) | {"split": "validation", "setting": name, **info,
-                                                 "eval_args": setting.get("eval_args", "")} | metrics
-            append(args.tuning_results, [row])
-            print(f"{name:<28} R1 {metrics['rouge1']:6.2f} [{metrics['ci95']['rouge1'][0]:.2f}, "
-                  f"{metrics['ci95']['rouge1'][1]:.2f}] R2 {metrics['rouge2']:5.2f} RL {metrics['rougeL']:5.2f} "
-                  f"words {metrics['mean_words']:4.1f} eval_loss {info['eval_loss']} ({info['train_seconds']} s)",
-                  flush=True)
-        return
 
+def tune(args, data: Path, counts: dict, work: Path) -> None:
+    """Train each setting of the sweep (this process's shard of it) and score it on the validation rows."""
+    index, count = (int(v) for v in args.tune_shard.split("/"))
+    settings = json.loads(args.tune.read_text())
+    if isinstance(settings, dict):
+        if str(counts["train"]) not in settings:
+            raise SystemExit(f"error: {args.tune} has settings for {sorted(settings)} training rows, "
+                             f"not {counts['train']}")
+        settings = settings[str(counts["train"])]
+    groups = list(dict.fromkeys(setting.get("train_args", "") for setting in settings))[index::count]
+    settings = [setting for setting in settings if setting.get("train_args", "") in groups]  # one training each
+    for setting in settings:
+        train_args = f"{DEFAULT_TRAIN_ARGS} {setting.get('train_args', '')}"
+        run_dir, info = train(args, data, train_args, work)
+        name = setting["name"]
+        out = evaluate(args, "adapter", data, "validation", run_dir, setting.get("eval_args", ""),
+                       work / "tune" / name)
+        metrics = score_systems({name: out}, args.bootstrap_samples)[name]
+        metrics.pop("minus")
+        row = common_fields(args, counts) | {"split": "validation", "setting": name, **info,
+                                             "eval_args": setting.get("eval_args", "")} | metrics
+        append_rows(args.tuning_results, [row])
+        print(f"{name:<28} R1 {metrics['rouge1']:6.2f} [{metrics['ci95']['rouge1'][0]:.2f}, "
+              f"{metrics['ci95']['rouge1'][1]:.2f}] R2 {metrics['rouge2']:5.2f} RL {metrics['rougeL']:5.2f} "
+              f"words {metrics['mean_words']:4.1f} eval_loss {info['eval_loss']} ({info['train_seconds']} s)",
+              flush=True)
+
+
+def test(args, data: Path, counts: dict, work: Path) -> None:
+    """The test rows: train (or reuse) the chosen setting, merge, and score every system and decoding."""
     if args.best_from is not None:
         tuned = [json.loads(line) for line in args.best_from.read_text().splitlines() if line.strip()]
         tuned = [row for row in tuned if row.get("note") == args.note and row.get("split") == "validation"]
@@ -290,7 +282,7 @@ def main():
     results = score_systems(eval_dirs, args.bootstrap_samples)
     fields = common_fields(args, counts) | {"split": "test", "eval_args": args.eval_args, "decodings": args.decodings,
                                             **info}
-    append(args.results, [fields | {"system": name} | metrics for name, metrics in results.items()])
+    append_rows(args.results, [fields | {"system": name} | metrics for name, metrics in results.items()])
     print(table(results))
     for name, metrics in results.items():
         for other, diffs in metrics["minus"].items():
@@ -298,6 +290,17 @@ def main():
                 d = diffs["rouge1"]
                 print(f"ROUGE-1 {name} - {other}: {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (paired bootstrap 95%)")
     print(f"appended {len(results)} rows to {args.results}")
+
+
+def main():
+    args = parse_args()
+    work = args.work_dir.resolve()
+    data = work / "data"
+    counts = split_rows(args.train_data, args.test_data, args.train_rows, args.validation_rows, args.test_rows,
+                        args.split_seed, data)
+    print(f"rows: {counts}", flush=True)
+
+    (tune if args.tune is not None else test)(args, data, counts, work)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,5 @@ def test_mbr_with_beam_search_is_refused(in_repo):
 
     with pytest.raises(ConfigError, match="num_beams: 1"):
         parse_args(["--config", "recipes/tiny/demo.yaml", "--mbr_candidates", "4", "--num_beams", "2"])
+    with pytest.raises(ConfigError, match="always keeps the greedy summary"):
+        parse_args(["--config", "recipes/tiny/demo.yaml", "--mbr_candidates", "2"])

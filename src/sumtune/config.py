@@ -316,6 +316,9 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
     problems = []
     if eval_args.predictions_file and eval_args.baseline:
         problems.append("Give either `--predictions_file` or `--baseline`, not both.")
+    if eval_args.mbr_candidates == 2:
+        problems.append("`mbr_candidates: 2` always keeps the greedy summary (ROUGE F1 is symmetric, so the two "
+                        "candidates tie and the greedy one wins): use 1 (off) or 3 and more.")
     if eval_args.mbr_candidates > 1 and eval_args.num_beams > 1:
         problems.append("MBR decoding (`mbr_candidates` > 1) makes its candidates by greedy decoding and sampling, "
                         "not beam search: set `num_beams: 1`, or `mbr_candidates: 1` for beam search.")
