@@ -3,7 +3,6 @@
     python prepare_data.py --config recipes/phi-2/qlora.yaml   # writes OUTPUT_DIR/data
 """
 
-import logging
 from pathlib import Path
 
 from sumtune.cli import run
@@ -11,9 +10,8 @@ from sumtune.config import parse_args
 from sumtune.data import prepare_datasets, prepare_settings, reuse_prepared, save_prepared
 from sumtune.manifest import check_output_path
 from sumtune.modeling import load_tokenizer
+from sumtune.prompts import Prompt
 from sumtune.training import DATA_DIR
-
-logger = logging.getLogger("prepare_data")
 
 
 def main():
@@ -22,11 +20,9 @@ def main():
     target = Path(training_args.output_dir) / DATA_DIR
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
                                revision=model_args.model_revision)
-    settings = prepare_settings(data_args, model_args.model_name_or_path, tokenizer.chat_template,
+    settings = prepare_settings(data_args, Prompt.load(tokenizer, data_args.instruction_path),
                                 training_args.max_length, training_args.seed)
     if reuse_prepared(target, settings, eval_args.overwrite_output_dir):
-        logger.info("%s already holds data prepared with these settings: reusing it (--overwrite_output_dir true "
-                    "prepares it again).", target)
         print(f"Prepared data in {target} (reused)")
         return
     dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,

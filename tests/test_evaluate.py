@@ -127,15 +127,16 @@ def test_finished_evaluation_is_reused_and_overwrite_makes_it_again(tiny_model_d
     written = (out / "metrics.json").stat().st_mtime_ns
     load = evaluation.load_eval_model
     monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: pytest.fail("generated again"))
-    with caplog.at_level("INFO", logger="sumtune.evaluation"):
+    with caplog.at_level("INFO", logger="sumtune"):
         assert run_eval(*model_argv(tiny_model_dir, data_dir, out)) == first
-    assert "already holds this evaluation, made with the same settings: reusing it" in caplog.text
+    assert "already holds an evaluation made with these settings: reusing it" in caplog.text
     assert (out / "metrics.json").stat().st_mtime_ns == written  # read, not rewritten
     # Other scoring settings rescore the same predictions without generating.
     rescored = run_eval(*model_argv(tiny_model_dir, data_dir, out), "--bootstrap_samples", "20")
     assert rescored["rouge1"] == first["rouge1"]
     assert json.loads((out / "manifest.json").read_text())["scoring"]["bootstrap_samples"] == 20
-    with pytest.raises(ConfigError, match="already holds an evaluation with other settings"):
+    with pytest.raises(ConfigError, match=r"holds an evaluation made with other settings \(max_new_tokens: 8 -> 4\)"
+                                          ".*--overwrite_output_dir true"):
         run_eval(*model_argv(tiny_model_dir, data_dir, out, "--max_new_tokens", "4"))
     calls = []
     monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: calls.append(1) or load(*a, **k))

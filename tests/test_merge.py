@@ -42,7 +42,7 @@ def test_merge_refuses_to_overwrite(tiny_model_dir, adapter_dir, tmp_path):
     model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32")
     (tmp_path / "merged").mkdir()
     (tmp_path / "merged" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(ConfigError, match="already holds files, but not a merged model.*--overwrite_output_dir"):
         merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
     assert (tmp_path / "merged" / "keep.txt").is_file()
     merge_adapter(model_args, str(adapter_dir), tmp_path / "merged", overwrite=True)
@@ -93,7 +93,7 @@ def test_finished_merge_is_reused_unless_its_inputs_changed(tiny_model_dir, adap
         merge_adapter(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="bfloat16"), str(adapter_dir),
                       tmp_path / "merged")
     (adapter_dir / "manifest.json").write_text(json.dumps({"created": "later"}))  # as train.py does when re-run
-    with pytest.raises(ConfigError, match="the adapter was trained again"):
+    with pytest.raises(ConfigError, match=r"adapter_manifest\."):
         merge_adapter(model_args, str(adapter_dir), tmp_path / "merged")
     assert weights.stat().st_mtime_ns == stamp
 

@@ -13,8 +13,9 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .config import ConfigError, DataArguments
-from .manifest import TMP_SUFFIX, file_hash, publish_dir, rows_fingerprint, tmp_dir_for, write_atomic
-from .prompts import fit_to_budget, read_text, template_hash
+from .manifest import file_hash, publish_dir, rows_fingerprint, tmp_dir_for, write_atomic
+from .prompts import Prompt, fit_to_budget
+from .stage import is_unfinished, reuse_or_make
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def progress_bars(enabled: bool):
 def is_prepared(path: str | Path) -> bool:
     """A folder written completely by `save_prepared` (the stats file is written last, inside the temp folder)."""
     path = Path(path)
-    return (not path.name.endswith(TMP_SUFFIX) and (path / "dataset_dict.json").is_file()
+    return (not is_unfinished(path) and (path / "dataset_dict.json").is_file()
             and (path / STATS_FILE).is_file())
 
 
@@ -89,7 +90,7 @@ def load_raw_split(data_args: DataArguments, split: str) -> Dataset:
     """One split from the hub, a local file (the whole file is the split) or a folder of `{split}.{ext}` files."""
     path = Path(data_args.dataset_name)
     if path.exists():
-        if path.name.endswith(TMP_SUFFIX) or (path / "dataset_dict.json").is_file():
+        if is_unfinished(path) or (path / "dataset_dict.json").is_file():
             raise ConfigError(f"{path} is an incomplete prepared dataset (an interrupted prepare_data.py leaves no "
                               f"{STATS_FILE}): run `make data` again.")
         files = _local_files(path, split)
@@ -201,15 +202,14 @@ def prepare_split(ds: Dataset, tokenizer, instruction: str, max_length: int, num
 def prepare_datasets(data_args: DataArguments, tokenizer, max_length: int, seed: int,
                      num_proc: int | None = None) -> tuple[DatasetDict, dict]:
     """All three splits, cleaned, subsampled by seed and fitted to the budget, plus their statistics."""
-    instruction = read_text(data_args.instruction_path, "Instruction file")
+    prompt = Prompt.load(tokenizer, data_args.instruction_path)
     plan = {
         "train": (data_args.dataset_train_split, data_args.max_train_samples),
         "validation": (data_args.dataset_eval_split, data_args.max_eval_samples),
         "test": (data_args.dataset_test_split, data_args.max_test_samples),
     }
     splits, stats = {}, {"max_length": max_length, "seed": seed, "dataset_name": data_args.dataset_name,
-                         "settings": prepare_settings(data_args, tokenizer.name_or_path, tokenizer.chat_template,
-                                                      max_length, seed)}
+                         "settings": prepare_settings(data_args, prompt, max_length, seed)}
     single_file = Path(data_args.dataset_name).is_file()
     if single_file:
         logger.warning("%s is a single file: carving validation and test splits (5%% each) from it by seed %d.",
@@ -229,7 +229,7 @@ def prepare_datasets(data_args: DataArguments, tokenizer, max_length: int, seed:
         ds = subsample(ds, plan[name][1], seed)
         if len(ds) == 0:
             raise ConfigError(f"Split '{plan[name][0]}' has no row with both an article and a summary.")
-        prepared, split_stats = prepare_split(ds, tokenizer, instruction, max_length, num_proc)
+        prepared, split_stats = prepare_split(ds, tokenizer, prompt.instruction, max_length, num_proc)
         if len(prepared) == 0:
             raise ConfigError(f"No summary in split '{plan[name][0]}' fits max_length={max_length} with its "
                               "prompt: raise --max_length.")
@@ -306,35 +306,19 @@ def describe_split(stats: dict) -> str:
             f"p99 {tokens['p99']}, max {tokens['max']}")
 
 
-def prepare_settings(data_args: DataArguments, tokenizer_name: str, chat_template: str, max_length: int,
-                     seed: int) -> dict:
+def prepare_settings(data_args: DataArguments, prompt: Prompt, max_length: int, seed: int) -> dict:
     """Everything prepared rows depend on: the data arguments, the local data files' contents, the tokenizer that
     counts the budget, the prompt (template and instruction), max_length and seed."""
     path = Path(data_args.dataset_name)
     files = ([path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in LOCAL_FORMATS)
              if path.is_dir() else [])
-    instruction = read_text(data_args.instruction_path, "Instruction file")
     return {"data": dataclasses.asdict(data_args), "data_files": {p.name: file_hash(p) for p in files},
-            "tokenizer": tokenizer_name, "prompt_hash": template_hash(chat_template, instruction),
-            "max_length": max_length, "seed": seed}
+            "tokenizer": prompt.tokenizer.name_or_path, "prompt_hash": prompt.hash, "max_length": max_length,
+            "seed": seed}
 
 
 def reuse_prepared(path: str | Path, settings: dict, overwrite: bool) -> bool:
     """True when `path` holds data prepared completely with these settings (a re-run reuses it); False when there
     is none or it is to be replaced (`overwrite`); data prepared with other settings is an error naming them."""
-    if overwrite or not is_prepared(path):
-        return False
-    previous = prepared_stats(path).get("settings") or {}
-    settings = json.loads(json.dumps(settings, default=str))
-    if previous == settings:
-        return True
-    changed = []
-    for key in sorted(set(previous) | set(settings)):
-        old, new = previous.get(key), settings.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                        if old.get(k) != new.get(k)]
-        elif old != new:
-            changed.append(f"{key}: {old!r} -> {new!r}")
-    raise ConfigError(f"{path} already holds data prepared with other settings ({'; '.join(changed)}): pass "
-                      "--overwrite_output_dir true to prepare it again, or a new --output_dir.")
+    made_with = (prepared_stats(path).get("settings") or {}) if is_prepared(path) else None
+    return reuse_or_make(path, "prepared data", made_with, settings, overwrite)

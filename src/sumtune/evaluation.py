@@ -37,7 +37,6 @@ from .data import (
 from .decoding import Decoding
 from .generation import batch_cost, encode_prompts
 from .manifest import (
-    TMP_SUFFIX,
     check_output_path,
     file_hash,
     read_manifest,
@@ -56,9 +55,11 @@ from .predictions import (
     merge_partials,
     partial_files,
     partial_path,
+    stale_partial,
 )
 from .preflight import check_adapter, check_model_source, check_precision, check_process_group
 from .prompts import Prompt
+from .stage import check_output_name, is_unfinished, reuse_or_make
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Predictions file not found: {path}.")
-    if path.name.endswith(TMP_SUFFIX) or path.name.startswith(PARTIAL_PREFIX):
+    if is_unfinished(path) or path.name.startswith(PARTIAL_PREFIX):
         raise ConfigError(f"{path} is an unfinished predictions file: re-run evaluate.py with the same settings to "
                           f"complete it, then score {PREDICTIONS_FILE}.")
     rows, empty = [], []
@@ -155,9 +156,10 @@ def model_fingerprint(path: str) -> str | None:
     return rows_fingerprint({"name": p.name, "size": p.stat().st_size, "mtime": p.stat().st_mtime_ns} for p in files)
 
 
-def finished_predictions(output_dir: Path, run_key: dict, ids: list[str]) -> list[str] | None:
-    """The predictions of a complete evaluation with the same settings, in row order, else None."""
-    if not (output_dir / METRICS_FILE).is_file() or (read_manifest(output_dir) or {}).get("settings") != run_key:
+def finished_predictions(output_dir: Path, ids: list[str]) -> list[str] | None:
+    """The predictions of a complete evaluation, in row order, else None. Called after `finished_evaluation`, which
+    refuses a complete evaluation made with other settings."""
+    if not (output_dir / METRICS_FILE).is_file():
         return None
     try:
         rows = [json.loads(line) for line in (output_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
@@ -184,7 +186,7 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
                 path.unlink()
         state.wait_for_everyone()
     else:
-        finished = finished_predictions(output_dir, run_key, ids)
+        finished = finished_predictions(output_dir, ids)
         if finished is not None:
             logger.info("%s already holds all %d predictions made with these settings; rescoring them.",
                         output_dir, len(ids))
@@ -192,8 +194,7 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
     # Every process reads every partial file before any process changes one, so all agree on what is missing.
     done, stale = merge_partials(output_dir, run_key, ids)
     if stale and not eval_args.overwrite_output_dir:
-        raise ConfigError(f"{stale[0]} holds predictions made with other settings: re-run with the same ones to "
-                          "resume it, pass --overwrite_output_dir true to discard it, or use a new --output_dir.")
+        raise stale_partial(stale[0], run_key)
     missing = [i for i in range(len(prompts)) if i not in done]
     if done and state.is_main_process:
         logger.info("Resuming: %d of %d predictions already made; generating %d.", len(done), len(prompts),
@@ -336,9 +337,7 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     mode = check_inputs(data_args, eval_args, training_args, model_args)
     if mode != "model" and not state.is_main_process:
         return None  # nothing to share out: the main process scores alone
-    if output_dir.name.endswith(TMP_SUFFIX):
-        raise ConfigError(f"--output_dir {output_dir} ends in {TMP_SUFFIX}, which marks unfinished outputs: pick "
-                          "another name.")
+    check_output_name(output_dir)
     check_output_path(output_dir)
     settings = {"mode": mode, "eval_split": eval_args.eval_split, "dataset": data_args.dataset_name}
     scoring = {"bootstrap_samples": eval_args.bootstrap_samples, "seed": training_args.seed}
@@ -404,22 +403,18 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
 
 def finished_evaluation(output_dir: Path, settings: dict, scoring: dict, overwrite: bool) -> dict | None:
     """The metrics of a finished evaluation in output_dir made and scored with these settings (a re-run reuses
-    them), else None. One made with other settings is replaced only with --overwrite_output_dir."""
-    if not (output_dir / METRICS_FILE).is_file() or overwrite:
-        return None
+    them), else None: there is none, `overwrite` replaces it, or it was scored otherwise (its predictions are then
+    scored anew). One made with other settings is refused."""
     manifest = read_manifest(output_dir) or {}
-    if manifest.get("settings") != json.loads(json.dumps(settings, default=str)):
-        raise ConfigError(f"{output_dir} already holds an evaluation with other settings: pass a new --output_dir, "
-                          "or --overwrite_output_dir true to replace it.")
+    made_with = (manifest.get("settings") or {}) if (output_dir / METRICS_FILE).is_file() else None
+    if not reuse_or_make(output_dir, "an evaluation", made_with, settings, overwrite):
+        return None
     if manifest.get("scoring") != scoring:
         return None  # same predictions, scored anew
     try:
-        metrics = json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        return json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    logger.info("%s already holds this evaluation, made with the same settings: reusing it "
-                "(--overwrite_output_dir true makes it again).", output_dir)
-    return metrics
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError
-from .prompts import template_hash
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "rouge-score", "sumtune")
 MANIFEST_FILE = "manifest.json"
@@ -130,10 +129,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def unfinished_path(path: str | Path) -> Path:
+    """Where `path` is built before it is renamed into place: `path.tmp` (see stage.is_unfinished)."""
+    path = Path(path)
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through `path.tmp`, flushed to disk, then renamed: readers see all of it or nothing."""
     path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = unfinished_path(path)
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -145,8 +150,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
 
 def tmp_dir_for(path: str | Path) -> Path:
     """A fresh `path.tmp` folder to build an output in (left over from a killed run: removed first)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = unfinished_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     return tmp
@@ -156,7 +160,7 @@ def publish_dir(tmp: str | Path, path: str | Path) -> Path:
     """Rename a finished `tmp` folder to `path`, replacing an older one; no moment shows a half-written `path`."""
     tmp, path = Path(tmp), Path(path)
     if path.exists():
-        old = path.with_name(path.name + ".old" + TMP_SUFFIX)
+        old = unfinished_path(path.with_name(path.name + ".old"))
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
         os.replace(tmp, path)
@@ -168,10 +172,7 @@ def publish_dir(tmp: str | Path, path: str | Path) -> Path:
 
 
 def write_manifest(folder: str | Path, **fields) -> Path:
-    """Write manifest.json into `folder` with the common provenance plus the given fields.
-
-    `chat_template` and `instruction` are replaced by their hash (`prompt_hash`); `config` is redacted.
-    """
+    """Write manifest.json into `folder` with the common provenance plus the given fields (`config` redacted)."""
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
@@ -179,10 +180,6 @@ def write_manifest(folder: str | Path, **fields) -> Path:
         "python": platform.python_version(),
         "device": device_name(),
     }
-    template = fields.pop("chat_template", None)
-    instruction = fields.pop("instruction", None)
-    if template is not None and instruction is not None:
-        manifest["prompt_hash"] = template_hash(template, instruction)
     if "config" in fields:
         fields["config"] = redact(fields["config"])
     manifest |= fields

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from trl import ModelConfig
 
-from .config import ConfigError
-from .manifest import TMP_SUFFIX, publish_dir, read_manifest, tmp_dir_for, write_manifest
+from .manifest import publish_dir, read_manifest, tmp_dir_for, write_manifest
 from .modelcard import write_model_card
 from .modeling import dequantize_4bit_linears, load_model, load_tokenizer, merge_adapter_weights, resolve_dtype
 from .preflight import check_adapter, check_free_disk, check_model_source
+from .stage import check_output_name, reuse_or_make
 
 logger = logging.getLogger(__name__)
 
@@ -24,21 +24,22 @@ def weights_bytes(model_name_or_path: str) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder.is_dir() else 0
 
 
-def merge_changes(output_dir: Path, model_args: ModelConfig, adapter_path: str,
-                  merge_base: str) -> list[str] | None:
-    """What differs between a finished merged model in `output_dir` and the merge asked for now (`[]`: nothing, it
-    can be reused); None when the folder holds no finished merged model (merge.py publishes it complete or not at
-    all, manifest included)."""
+def merge_settings(model_args: ModelConfig, adapter_path: str, merge_base: str) -> dict:
+    """What a merged model depends on. The adapter's own manifest changes whenever it is trained again, even in the
+    same folder."""
+    merged_into = "dequantized_4bit" if model_args.load_in_4bit and merge_base == "dequantized_4bit" else "original"
+    return {"adapter": str(Path(adapter_path).resolve()), "base_model": model_args.model_name_or_path,
+            "dtype": model_args.dtype, "merged_into": merged_into, "adapter_manifest": read_manifest(adapter_path)}
+
+
+def merged_with(output_dir: Path) -> dict | None:
+    """The settings a finished merged model in `output_dir` was made with; None when there is none (merge.py
+    publishes it complete or not at all, manifest included)."""
     manifest = read_manifest(output_dir)
     if manifest is None or not any(Path(output_dir).glob("*.safetensors")):
         return None
-    merged_into = "dequantized_4bit" if model_args.load_in_4bit and merge_base == "dequantized_4bit" else "original"
-    wanted = {"adapter": str(Path(adapter_path).resolve()), "base_model": model_args.model_name_or_path,
-              "dtype": model_args.dtype, "merged_into": merged_into, "adapter_manifest": read_manifest(adapter_path)}
-    found = dict(manifest, adapter=manifest.get("adapter") and str(Path(manifest["adapter"]).resolve()))
-    # the adapter's own manifest changes whenever it is trained again, even in the same folder
-    return [f"{key}: {found.get(key)!r} -> {value!r}" if key != "adapter_manifest" else "the adapter was trained again"
-            for key, value in wanted.items() if found.get(key) != value]
+    return {"adapter": manifest.get("adapter") and str(Path(manifest["adapter"]).resolve()),
+            **{key: manifest.get(key) for key in ("base_model", "dtype", "merged_into", "adapter_manifest")}}
 
 
 PARITY_TEXT = ("Summarize the following news article in one sentence.\n\nArticle:\nThe council approved a new "
@@ -55,17 +56,10 @@ def merge_adapter(model_args: ModelConfig, adapter_path: str | None, output_dir:
     output_dir = Path(output_dir)
     check_adapter(adapter_path, model_args.model_name_or_path)
     check_model_source(model_args.model_name_or_path)
-    if output_dir.name.endswith(TMP_SUFFIX):
-        raise ConfigError(f"--output_dir {output_dir} ends in {TMP_SUFFIX}, which marks unfinished outputs: pick "
-                          "another name.")
-    if output_dir.exists() and not overwrite:
-        changed = merge_changes(output_dir, model_args, adapter_path, merge_base)
-        if changed == []:
-            logger.info("%s already holds this adapter merged the same way: reusing it (--overwrite_output_dir true "
-                        "merges again).", output_dir)
-            return output_dir
-        why = f" with other settings ({'; '.join(changed)})" if changed else ""
-        raise ConfigError(f"{output_dir} already exists{why}: pass --overwrite_output_dir true to replace it.")
+    check_output_name(output_dir)
+    if reuse_or_make(output_dir, "a merged model", merged_with(output_dir),
+                     merge_settings(model_args, adapter_path, merge_base), overwrite, occupied=output_dir.exists()):
+        return output_dir
     # The merged copy is at most the size of the base's files (smaller when they are fp32 and the merge is 16-bit).
     check_free_disk(output_dir, weights_bytes(model_args.model_name_or_path) + 2**28, "the merged model")
     from peft import PeftModel

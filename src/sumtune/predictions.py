@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from .config import ConfigError
+from .stage import refusal, settings_changes
 
 PARTIAL_FILE = "predictions.partial.jsonl"
 PARTIAL_PREFIX = "predictions.partial"
@@ -32,11 +33,8 @@ def read_partial(path: Path, run_key: dict, ids: list[str]) -> tuple[dict[int, s
     if b"\n" not in data:  # killed before its first line was flushed: nothing made yet
         return {}, 0
     lines = data.split(b"\n")
-    try:
-        header = json.loads(lines[0])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        header = None
-    if not isinstance(header, dict) or header.get("run_key") != run_key:
+    made_with = _header(lines[0])
+    if made_with is None or settings_changes(made_with, run_key):
         return None, 0
     done, good = {}, len(lines[0]) + 1
     for raw in lines[1:]:
@@ -52,19 +50,37 @@ def read_partial(path: Path, run_key: dict, ids: list[str]) -> tuple[dict[int, s
     return done, good
 
 
-def load_partial(path: Path, run_key: dict, ids: list[str], overwrite: bool) -> dict[int, str]:
+def _header(line: bytes) -> dict | None:
+    """The settings a partial file's first line records; None when it records none."""
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    run_key = header.get("run_key") if isinstance(header, dict) else None
+    return run_key if isinstance(run_key, dict) else None
+
+
+def stale_partial(path: Path, run_key: dict, flag: str = "--output_dir") -> ConfigError:
+    """The error for a partial file made with other settings than `run_key`."""
+    with path.open("rb") as handle:
+        made_with = _header(handle.readline())
+    return refusal(path, "predictions", made_with or {}, run_key, flag, resumable=True)
+
+
+def load_partial(path: Path, run_key: dict, ids: list[str], overwrite: bool,
+                 flag: str = "--output_dir") -> dict[int, str]:
     """Predictions already made by a killed run with the same settings, by row index.
 
-    A file made with other settings is an error, or deleted with `overwrite`; a last line cut short by the kill is
-    dropped (and cut from the file, so lines appended later are read).
+    A file made with other settings is an error (its fix names `flag`, the option that chose where the file is), or
+    deleted with `overwrite`; a last line cut short by the kill is dropped (and cut from the file, so lines appended
+    later are read).
     """
     if not path.is_file():
         return {}
     done, good = read_partial(path, run_key, ids)
     if done is None:
         if not overwrite:
-            raise ConfigError(f"{path} holds predictions made with other settings: re-run with the same ones to "
-                              "resume it, pass --overwrite_output_dir true to discard it, or use a new --output_dir.")
+            raise stale_partial(path, run_key, flag)
         path.unlink()
         return {}
     if good < path.stat().st_size:

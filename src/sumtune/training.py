@@ -38,6 +38,7 @@ from .manifest import (
     redact,
     tmp_dir_for,
     training_config,
+    unfinished_path,
     write_atomic,
     write_manifest,
 )
@@ -60,7 +61,8 @@ from .preflight import (
     check_process_group,
     fsdp_enabled,
 )
-from .prompts import Prompt, read_text, template_hash
+from .prompts import Prompt
+from .stage import is_unfinished, refusal, reuse_or_make, settings_changes
 
 logger = logging.getLogger(__name__)
 
@@ -243,14 +245,13 @@ def resolve_data(data_args: DataArguments, training_args: SFTConfig, tokenizer, 
     Call under `main_process_first()`: the main process prepares, the others then find the folder complete.
     """
     target = prepared_path(data_args, training_args)
+    prompt = Prompt.load(tokenizer, data_args.instruction_path)
     if is_prepared(data_args.dataset_name):
         # prepare_data.py's rows carry the prompt they were rendered with: training on them with another template or
         # instruction would teach one prompt while the adapter ships (and evaluate.py renders) the other
-        check_prepared_prompt(target, template_hash(tokenizer.chat_template,
-                                                    read_text(data_args.instruction_path, "Instruction file")))
+        check_prepared_prompt(target, prompt.hash)
     else:
-        settings = prepare_settings(data_args, tokenizer.name_or_path, tokenizer.chat_template,
-                                    training_args.max_length, training_args.seed)
+        settings = prepare_settings(data_args, prompt, training_args.max_length, training_args.seed)
         if not reuse_prepared(target, settings, overwrite and PartialState().is_main_process):
             dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
                                               training_args.dataset_num_proc)
@@ -347,48 +348,35 @@ def run_config(data_args: DataArguments, training_args: SFTConfig, model_args: M
     })
 
 
-def changed_settings(saved: dict, config: dict) -> list[str]:
-    """`key: old -> new` for each RESUME_KEYS setting that differs between two run configs."""
-    def value(cfg, group, key):
-        return (cfg.get(group) or {}).get(key)
-
-    return [f"{key}: {value(saved, group, key)!r} -> {value(config, group, key)!r}"
-            for group, keys in RESUME_KEYS.items() for key in keys
-            if json.dumps(value(saved, group, key), default=str) != json.dumps(value(config, group, key), default=str)]
+def resume_settings(config: dict) -> dict:
+    """The RESUME_KEYS part of a run config: what a checkpoint or a finished adapter is compared by."""
+    return {group: {key: (config.get(group) or {}).get(key) for key in keys} for group, keys in RESUME_KEYS.items()}
 
 
 def _check_resume_config(saved_path: Path, config: dict, checkpoint: Path) -> None:
     try:
-        saved = json.loads(saved_path.read_text())
+        saved = resume_settings(json.loads(saved_path.read_text()))
     except (OSError, json.JSONDecodeError):
         return  # a checkpoint from before this file existed: nothing to compare against
-    changed = changed_settings(saved, config)
-    if changed:
-        raise ConfigError(f"{checkpoint} was made with other settings ({'; '.join(changed)}): re-run with the "
-                          "same recipe and flags to resume it, pass a new --output_dir to start over, or "
-                          "--overwrite_output_dir true to train again in this one.")
+    if settings_changes(saved, resume_settings(config)):
+        raise refusal(saved_path.parent, f"a checkpoint ({checkpoint.name})", saved, resume_settings(config),
+                      resumable=True)
 
 
-def finished_adapter(adapter_dir: Path, config: dict, data_path: Path) -> bool:
+def finished_adapter(adapter_dir: Path, config: dict, data_path: Path, overwrite: bool = False) -> bool:
     """True when `adapter_dir` holds a finished adapter trained with these settings on this data (a re-run then
     reuses it); a finished adapter from other settings or data is an error naming what changed."""
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        return False
-    try:
-        saved = json.loads((adapter_dir / RUN_CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        saved = {}  # no record of its settings: every key counts as changed
-    changed = changed_settings(saved, config)
-    fingerprint = (read_manifest(adapter_dir) or {}).get("dataset_fingerprint")
-    if is_prepared(data_path) and fingerprint:
-        now = prepared_stats(data_path).get("train", {}).get("fingerprint")
-        if now != fingerprint:
-            changed.append(f"training rows in {data_path}: fingerprint {fingerprint} -> {now}")
-    if changed:
-        raise ConfigError(f"{adapter_dir} already holds an adapter trained with other settings "
-                          f"({'; '.join(changed)}): pass --overwrite_output_dir true to train again in this folder, "
-                          "or a new --output_dir.")
-    return True
+    settings, made_with = resume_settings(config), None
+    if (adapter_dir / "adapter_model.safetensors").is_file():
+        try:
+            made_with = resume_settings(json.loads((adapter_dir / RUN_CONFIG_FILE).read_text()))
+        except (OSError, json.JSONDecodeError):
+            made_with = resume_settings({})  # no record of its settings: every key counts as changed
+        fingerprint = (read_manifest(adapter_dir) or {}).get("dataset_fingerprint")
+        if is_prepared(data_path) and fingerprint:  # the training rows, whatever settings prepared them
+            made_with["dataset_fingerprint"] = fingerprint
+            settings["dataset_fingerprint"] = prepared_stats(data_path).get("train", {}).get("fingerprint")
+    return reuse_or_make(adapter_dir, "an adapter", made_with, settings, overwrite)
 
 
 def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig,
@@ -413,7 +401,7 @@ def preflight(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         raise ConfigError("Leave `resume_from_checkpoint` unset: train.py resumes from the last complete checkpoint "
                           "in --output_dir by itself.")
     dataset = Path(data_args.dataset_name)
-    if dataset.name.endswith(".tmp"):
+    if is_unfinished(dataset):
         raise ConfigError(f"{dataset} is an unfinished prepared dataset (a `.tmp` folder): run `make data` again.")
     check_free_disk(output_dir)
     if training_args.save_strategy == "steps" and training_args.save_steps % max(training_args.logging_steps, 1):
@@ -435,9 +423,7 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
     adapter_dir = output_dir / ADAPTER_DIR
     config = run_config(data_args, training_args, model_args)
     overwrite = bool(eval_args and eval_args.overwrite_output_dir)
-    if not overwrite and finished_adapter(adapter_dir, config, prepared_path(data_args, training_args)):
-        logger.info("%s already holds an adapter trained with these settings: reusing it (--overwrite_output_dir "
-                    "true trains again).", adapter_dir)
+    if finished_adapter(adapter_dir, config, prepared_path(data_args, training_args), overwrite):
         return adapter_dir
     checkpoint = preflight(data_args, training_args, model_args, overwrite)
     logger.info("Config: %s (every setting: run_config.json)", config_summary(data_args, training_args, model_args))
@@ -456,15 +442,15 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
     if trainer.args.eval_strategy != "no" and (not evaluated or evaluated[-1] != trainer.state.global_step):
         trainer.evaluate()  # the final adapter's eval loss, unless the last step was just evaluated
-    tmp = tmp_dir_for(adapter_dir) if is_main else adapter_dir.with_name(ADAPTER_DIR + ".tmp")
+    tmp = tmp_dir_for(adapter_dir) if is_main else unfinished_path(adapter_dir)
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(tmp))
         # the template training rendered with (BOS-prefixed where the tokenizer starts texts with BOS)
         (tmp / "chat_template.jinja").write_text(trainer.processing_class.chat_template, encoding="utf-8")
-        instruction = read_text(data_args.instruction_path, "Instruction file")
-        (tmp / "instruction.txt").write_text(instruction)
+        prompt = Prompt.load(trainer.processing_class, data_args.instruction_path)
+        (tmp / "instruction.txt").write_text(prompt.instruction)
         (tmp / RUN_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
         (tmp / LOG_HISTORY_FILE).write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
         data_path = prepared_path(data_args, training_args)
@@ -472,7 +458,7 @@ def train(data_args: DataArguments, training_args: SFTConfig, model_args: ModelC
         write_manifest(tmp, config=config, base_model=model_args.model_name_or_path,
                        dataset=str(data_path), dataset_fingerprint=stats.get("train", {}).get("fingerprint"),
                        global_step=trainer.state.global_step, resumed_from=str(checkpoint) if checkpoint else None,
-                       chat_template=trainer.processing_class.chat_template, instruction=instruction)
+                       prompt_hash=prompt.hash)
         write_model_card(tmp, "adapter", published=adapter_dir)  # replaces the boilerplate card PEFT saved there
         publish_dir(tmp, adapter_dir)
     trainer.accelerator.wait_for_everyone()
