@@ -6,10 +6,10 @@
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from sumtune.evaluation import METRICS_FILE, format_table
+from sumtune.manifest import write_atomic
 from sumtune.metrics import ROUGE_TYPES, rounded
 
 
@@ -29,9 +29,7 @@ def main():
         results[name] = {key: metrics[key] for key in ROUGE_TYPES} | {"ci95": metrics["ci95"]}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, output)
+    write_atomic(output, json.dumps(results, indent=2) + "\n")
     print(format_table(table))
     print(f"ROUGE F1 x 100 [95% interval]; written to {output}")
 

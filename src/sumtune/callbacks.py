@@ -12,7 +12,7 @@ import time
 from transformers import TrainerCallback
 
 from .decoding import Decoding
-from .metrics import rouge_per_example
+from .metrics import SCORES, rouge_per_example
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,6 @@ class RougeCallback(TrainerCallback):
             tokenizer.padding_side = padding_side
             model.train(was_training)
         scores = rouge_per_example(predictions, self.references)
-        metrics = {f"eval_{key}": float(scores[key].mean()) for key in ("rouge1", "rouge2", "rougeL")}
+        metrics = {f"eval_{key}": float(scores[key].mean()) for key in SCORES}
         metrics["eval_rouge_seconds"] = time.perf_counter() - start
         self.trainer.log(metrics)

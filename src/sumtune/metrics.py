@@ -10,6 +10,9 @@ import numpy as np
 from rouge_score import rouge_scorer, tokenizers
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+# The scores cards, reports, training curves and MBR use, with their labels (ROUGE-Lsum equals ROUGE-L on one-sentence
+# summaries).
+SCORES = {key: "ROUGE-" + key.removeprefix("rouge") for key in ROUGE_TYPES[:3]}
 
 
 def scorer(types=ROUGE_TYPES) -> rouge_scorer.RougeScorer:
@@ -34,7 +37,7 @@ def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str
 def pairwise_rouge(texts: list[str]) -> np.ndarray:
     """The mean of ROUGE-1, -2 and -L F1 x 100 between every two texts (symmetric: F1 does not depend on which text
     is the reference); the diagonal is each text against itself."""
-    scorer_ = scorer(("rouge1", "rouge2", "rougeL"))
+    scorer_ = scorer(tuple(SCORES))
     n = len(texts)
     matrix = np.full((n, n), 100.0)
     for i in range(n):

@@ -17,14 +17,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import ConfigError
 from .manifest import read_manifest, write_atomic
+from .metrics import SCORES
 from .preflight import HUB_ID
 
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
-# Scores shown on cards and in the report (ROUGE-Lsum equals ROUGE-L on one-sentence summaries).
-SCORES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 # The recipe keys a reader needs to reproduce or judge the run, in reading order.
 RECIPE_KEYS = {
     "data": ("dataset_name", "dataset_config", "max_train_samples"),
@@ -162,7 +161,7 @@ def training_figures(history: list[dict]) -> dict:
         figures["final train loss"] = f"{losses[-1]['loss']:.4f} (step {losses[-1].get('step')})"
     if evals:
         figures["final validation loss"] = f"{evals[-1]['eval_loss']:.4f} (step {evals[-1].get('step')})"
-    for key in ("rouge1", "rouge2", "rougeL"):
+    for key in SCORES:
         logged = [e for e in history if f"eval_{key}" in e]
         if logged:
             figures[f"final validation {SCORES[key]} (subset)"] = f"{logged[-1][f'eval_{key}']:.2f}"
