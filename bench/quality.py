@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from common import append_rows, run_context  # noqa: E402
 
 from sumtune.manifest import PACKAGES  # noqa: E402
-from sumtune.metrics import ROUGE_TYPES, bootstrap_ci, rouge_per_example, summarize_scores  # noqa: E402
+from sumtune.metrics import ROUGE_TYPES, SCORES, bootstrap_ci, rouge_per_example, summarize_scores  # noqa: E402
 
 # The training settings for a few hundred rows (the recipe's own steps are for XSum's 204k): every row several times,
 # an evaluation per epoch, no checkpoints. Chosen on the validation rows (bench/results/quality_tuning.jsonl).
@@ -160,7 +160,7 @@ def score_systems(eval_dirs: dict[str, Path], samples: int) -> dict[str, dict]:
         metrics["minus"] = {
             other: {key: [round(float(np.mean(scores[key] - other_scores[key])), 2),
                           *(round(v, 2) for v in bootstrap_ci(scores[key] - other_scores[key], samples))]
-                    for key in ("rouge1", "rouge2", "rougeL")}
+                    for key in SCORES}
             for other, (_, other_scores) in scored.items() if other != name}
         lengths = [len(json.loads(line)["prediction"].split())
                    for line in (eval_dirs[name] / "predictions.jsonl").read_text().splitlines() if line.strip()]
@@ -180,10 +180,10 @@ def common_fields(args, counts: dict) -> dict:
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = [f"{'system':<12} " + " ".join(f"{key:>20}" for key in ("rouge1", "rouge2", "rougeL")) + "  words"]
+    lines = [f"{'system':<12} " + " ".join(f"{key:>20}" for key in SCORES) + "  words"]
     for name, metrics in results.items():
         cells = [f"{metrics[key]:6.2f} [{metrics['ci95'][key][0]:5.2f},{metrics['ci95'][key][1]:6.2f}]"
-                 for key in ("rouge1", "rouge2", "rougeL")]
+                 for key in SCORES]
         lines.append(f"{name:<12} " + " ".join(f"{cell:>20}" for cell in cells) + f"  {metrics['mean_words']:5.1f}")
     return "\n".join(lines)
 

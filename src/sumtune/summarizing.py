@@ -150,7 +150,7 @@ def summarize_many(data_args, eval_args, training_args, model_args) -> dict:
         "input": rows_fingerprint({"id": r["id"], "text": r["text"]} for r in rows)}
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    done = load_partial(partial, run_key, ids, overwrite=eval_args.overwrite_output_dir)
+    done = load_partial(partial, run_key, ids, overwrite=eval_args.overwrite_output_dir, flag="--output_file")
     missing = [i for i in prompts if i not in done]
     if done:
         logger.info("Resuming: %d of %d summaries already made; generating %d.", len(done), len(prompts),
@@ -162,7 +162,7 @@ def summarize_many(data_args, eval_args, training_args, model_args) -> dict:
         model = load_eval_model(eval_args, model_args, PartialState())
         append_predictions(partial, run_key, ids, todo, missing, encoded, batches, prompt.tokenizer, decoding, model,
                            progress=True)
-        done = load_partial(partial, run_key, ids, overwrite=False)
+        done = load_partial(partial, run_key, ids, overwrite=False, flag="--output_file")
     lines = []
     for index, row_id in enumerate(ids):
         record = ({"id": row_id, "summary": done[index]} if index in done
