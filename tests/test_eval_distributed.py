@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, write_jsonl
 from helpers_crash import jsonl, script_args
 
+from sumtune.decoding import Decoding
 from sumtune.generation import batch_cost, plan_batches
 from sumtune.predictions import PARTIAL_FILE, deal_batches, partial_files, partial_path
 
@@ -119,13 +120,13 @@ def test_run_killed_under_two_processes_resumes_under_one(runs, tiny_model_dir, 
     assert [p.name for p in partial_files(out)] == [PARTIAL_FILE, "predictions.partial.rank1.jsonl"]
 
     generated = []
-    real = evaluation.iter_summaries
+    real = Decoding.iter_summaries
 
-    def counting(model, tokenizer, prompts, *args, **kwargs):
+    def counting(self, model, tokenizer, prompts, *args, **kwargs):
         generated.append(len(prompts))
-        yield from real(model, tokenizer, prompts, *args, **kwargs)
+        yield from real(self, model, tokenizer, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "iter_summaries", counting)
+    monkeypatch.setattr(Decoding, "iter_summaries", counting)
     argv = ["--config", "recipes/tiny/demo.yaml", "--max_length", "256", "--report_to", "none", "--model_name_or_path",
             str(tiny_model_dir), "--dataset_name", str(runs["data"]), *EVAL_ARGS, "--output_dir", str(out)]
     metrics = evaluation.evaluate(*parse_args(argv))

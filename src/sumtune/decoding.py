@@ -12,12 +12,12 @@ utility, so the selection is written here, on rouge_score.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .generation import encode_prompts, iter_token_ids, plan_batches
+from .generation import encode_prompts, iter_summaries, plan_batches
 from .metrics import pairwise_rouge
 
 
@@ -68,11 +68,6 @@ class Decoding:
             settings |= {"mbr_candidates": self.mbr_candidates, "mbr_epsilon": self.mbr_epsilon, "seed": self.seed}
         return settings
 
-    def describe(self) -> str:
-        if self.mbr:
-            return f"MBR over {self.mbr_candidates} candidates (greedy + epsilon={self.mbr_epsilon} samples)"
-        return "greedy" if self.num_beams == 1 else f"beam search ({self.num_beams} beams)"
-
     def plan(self, lengths: list[int]) -> list[list[int]]:
         """The batches (lists of indices into `lengths`, the prompts' token counts) `iter_summaries` generates.
         Each beam or MBR candidate holds its own KV cache, so the token budget is shared among them."""
@@ -90,10 +85,8 @@ class Decoding:
         common = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                       max_batch_tokens=self.max_batch_tokens, cudnn_attention=self.cudnn_attention)
         for batch in batches:
-            texts = {}
-            for i, ids in iter_token_ids(model, tokenizer, prompts, num_beams=self.num_beams, batches=[batch],
-                                         encoded=encoded, **common, **self.generate_options()):
-                texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            texts = dict(iter_summaries(model, tokenizer, prompts, num_beams=self.num_beams, batches=[batch],
+                                        encoded=encoded, **common, **self.generate_options()))
             if self.mbr:
                 texts = self._mbr_batch(model, tokenizer, prompts, encoded, batch, texts, common)
             for i in batch:
@@ -107,12 +100,11 @@ class Decoding:
         rows = [i for i in batch for _ in range(copies)]
         torch.manual_seed(self.seed * 1_000_003 + batch[0])
         samples: dict[int, list[str]] = {i: [] for i in batch}
-        for k, ids in iter_token_ids(model, tokenizer, [prompts[i] for i in rows],
-                                     batches=[list(range(len(rows)))], encoded=[encoded[i] for i in rows],
-                                     do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                     epsilon_cutoff=self.mbr_epsilon, **common,
-                                     **self.generate_options()):
-            samples[rows[k]].append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        for k, text in iter_summaries(model, tokenizer, [prompts[i] for i in rows],
+                                      batches=[list(range(len(rows)))], encoded=[encoded[i] for i in rows],
+                                      do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                      epsilon_cutoff=self.mbr_epsilon, **common, **self.generate_options()):
+            samples[rows[k]].append(text)
         return {i: mbr_select([greedy[i], *samples[i]]) for i in batch}
 
     def generate(self, model, tokenizer, prompts: list[list[dict]]) -> list[str]:
@@ -121,9 +113,6 @@ class Decoding:
         for i, text in self.iter_summaries(model, tokenizer, prompts):
             outputs[i] = text
         return outputs
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def mbr_select(candidates: list[str]) -> str:
