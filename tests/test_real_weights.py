@@ -207,3 +207,15 @@ def test_4bit_weights_dequantize_the_same_after_a_cpu_forward(real_model_dir):
             # packing keeps the block scales in bf16: a relative error of 2^-8 at most
             error = (used.state_dict()[name] - weight).abs().max()
             assert error <= 2 ** -7 * weight.abs().max(), (name, float(error))
+
+
+def test_the_saved_tokenizer_splits_the_probe_as_the_models_own(any_real_model):
+    """The folder's tokenizer, saved and loaded again, still splits the probe sentence as the hub model's tokenizer
+    does (build_real_model checks the one it rebuilt from the GGUF before saving)."""
+    from transformers import AutoTokenizer
+
+    from sumtune.real_models import MODELS, PROBE
+
+    name, folder = any_real_model
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert len(tokenizer(PROBE, add_special_tokens=False)["input_ids"]) == MODELS[name].probe_tokens
