@@ -176,8 +176,6 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
     """Every row's prediction, generating only those not already in a partial file; each process generates its
     share into its own partial file, which grows as they come. Returns them on the main process with the generation
     timing (None when nothing was generated), None elsewhere."""
-    prompts = eval_prompts(rows, prompt, training_args.max_length, decoding.max_new_tokens)
-    tokenizer = prompt.tokenizer
     ids = [str(i) for i in rows["id"]]
     if eval_args.overwrite_output_dir:  # replaced on purpose: nothing made before is kept
         if state.is_main_process:
@@ -191,6 +189,9 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
             logger.info("%s already holds all %d predictions made with these settings; rescoring them.",
                         output_dir, len(ids))
             return (finished, None) if state.is_main_process else None
+    # Cut only once no finished evaluation can be rescored: fitting tokenizes every article.
+    prompts = eval_prompts(rows, prompt, training_args.max_length, decoding.max_new_tokens)
+    tokenizer = prompt.tokenizer
     # Every process reads every partial file before any process changes one, so all agree on what is missing.
     done, stale = merge_partials(output_dir, run_key, ids)
     if stale and not eval_args.overwrite_output_dir:
