@@ -64,6 +64,9 @@ def save_random_phi(assets: Path, folder: Path, tiny: bool, dtype) -> None:
         model = PhiForCausalLM(config).to(dtype)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(assets / "phi-2").save_pretrained(folder)
+    del model
+    if torch.cuda.is_available():  # the variants run in child processes: leave them the whole card
+        torch.cuda.empty_cache()
 
 
 def synchronize(device: str) -> None:
