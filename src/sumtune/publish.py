@@ -4,6 +4,8 @@ The merged model goes to `HUB_REPO` and the adapter to `HUB_REPO-adapter`: each 
 card's `library_name` is `transformers` for one, `peft` for the other), and each loads from its repository's root
 (`AutoModelForCausalLM.from_pretrained("user/name")`, `PeftModel.from_pretrained(base, "user/name-adapter")`).
 Only scored models leave the machine: both cards must hold the evaluation results that `make report` writes.
+A GGUF export (`make gguf`), where there is one, goes to `HUB_REPO-GGUF` with its own card, as GGUF repositories on the
+hub are named; its scores are the merged model's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 ADAPTER_REPO_SUFFIX = "-adapter"
 # Each run folder, the `make` target that writes it, and the repository it goes to (a suffix to HUB_REPO).
 FOLDERS = {"merged": ("make merge", ""), "adapter": ("make train", ADAPTER_REPO_SUFFIX)}
+# Uploaded when the run has it: the GGUF files of `make gguf` (sumtune.gguf_export.GGUF_DIR).
+GGUF_FOLDER, GGUF_REPO_SUFFIX = "gguf", "-GGUF"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ def plan_uploads(run_dir: str | Path, hub_repo: str | None, token: str | None, d
             problems.append(problem)
         elif hub_repo:
             uploads.append(Upload(folder, hub_repo + suffix, list_files(folder)))
+    if (run_dir / GGUF_FOLDER).is_dir() and hub_repo and not problems:
+        uploads.append(Upload(run_dir / GGUF_FOLDER, hub_repo + GGUF_REPO_SUFFIX, list_files(run_dir / GGUF_FOLDER)))
     if not dry_run and not token:
         problems.append("No Hugging Face token: set HF_TOKEN to a token with write access (hub settings > Access "
                         "Tokens) or log in once with `hf auth login`; DRY_RUN=1 lists the uploads without one.")
