@@ -27,7 +27,7 @@ DEMO_RECIPE := recipes/smollm2-135m/demo-cpu.yaml
 TINY_DIR := outputs/demo-tiny
 TINY_RECIPE := recipes/tiny/demo.yaml
 
-.PHONY: install real-model data train merge eval report all publish gguf install-gguf demo demo-tiny test test-all test-gpu tensorboard lint clean
+.PHONY: install real-model data train merge eval report all curve publish gguf install-gguf demo demo-tiny test test-all test-gpu tensorboard lint clean
 
 install: $(STAMP)
 
@@ -67,6 +67,14 @@ report: $(STAMP)
 	$(PYTHON) report.py --run_dir $(OUTPUT_DIR) $(EVALS)
 
 all: data train merge eval report
+
+# The learning curve on this run's prepared data (`make data` first): the recipe trained on nested fractions of the
+# training rows (CURVE_FRACTIONS), each adapter scored on the test rows, ROUGE projected at 2x and 4x the rows, into
+# OUTPUT_DIR/curve/ (docs/curve.md); `make report` then shows it. TRAIN_ARGS go to every size's train.py.
+CURVE_FRACTIONS ?= 1/8,1/4,1/2,1
+curve: $(STAMP)
+	$(PYTHON) curve.py --config $(RECIPE) --output_dir $(OUTPUT_DIR) --fractions $(CURVE_FRACTIONS) \
+		--train_args="$(TRAIN_ARGS)" $(OVERWRITE_ARGS)
 
 # OUTPUT_DIR/merged to the hub repository HUB_REPO=user/name and OUTPUT_DIR/adapter to user/name-adapter, each with
 # its model card; refused unless `make report` put evaluation results in the cards (docs/publishing.md). Needs HF_TOKEN

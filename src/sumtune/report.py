@@ -1,5 +1,6 @@
 """The run report: training curves, ROUGE of each evaluated system with its interval, summary lengths and example
-summaries, as `report.md` with PNG plots in OUTPUT_DIR/report/; the same step puts the scores into the model cards.
+summaries, as `report.md` with PNG plots in OUTPUT_DIR/report/, and the learning curve when `make curve` made one; the
+same step puts the scores into the model cards.
 
 Plots are drawn on `matplotlib.figure.Figure` objects and saved through the Agg canvas, so no display or pyplot
 state is involved.
@@ -179,6 +180,17 @@ def _examples_md(model: Evaluation, rows: list[dict], documents: dict[str, str])
     return lines
 
 
+def curve_section(run_dir: Path, output_dir: Path) -> list[str]:
+    """The learning curve's table, projection and plot (`make curve`), when the run has a finished one."""
+    from .curve import curve_markdown, plot_curve, read_curve  # curve.py reads evaluations through this module
+
+    curve = read_curve(run_dir)
+    if curve is None:
+        return []
+    plot_curve(curve, output_dir / "curve.png")
+    return curve_markdown(curve)
+
+
 def write_report(run_dir: str | Path, evaluations: list[Evaluation], output_dir: str | Path | None = None) -> Path:
     """Write report.md and its plots to `output_dir` (default RUN_DIR/report) through a temporary folder, and
     rewrite the adapter's and merged model's cards with the scores; returns the report's path."""
@@ -214,6 +226,7 @@ def write_report(run_dir: str | Path, evaluations: list[Evaluation], output_dir:
               f"ROUGE F1 x 100 (Porter stemmer) on the `{model.split}` split of `{source_dataset(model.dataset)}`; "
               "brackets: 95% bootstrap interval of the mean.", "", scores_table(evaluations), "",
               "![ROUGE per system](scores.png)", ""]
+    lines += curve_section(run_dir, tmp)
     lines += ["## Training", ""]
     if has_curves:
         lines += ["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in training_figures(history).items()), "",
