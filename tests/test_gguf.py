@@ -312,3 +312,38 @@ def test_a_tiny_phi_model_exports_and_runs_in_llama_cpp_like_transformers(tmp_pa
     llm.reset()
     assert llm.create_completion(ids, max_tokens=8, temperature=0.0)["usage"]["completion_tokens"] > 0
     llm.close()
+
+
+@pytest.mark.slow
+def test_gemma_3_exports_with_its_bos_and_runs_in_llama_cpp_like_transformers(tmp_path):
+    """Gemma 3's template writes BOS and its tokenizer adds one: the export keeps the project's prompt (llama.cpp
+    tokenizes it to the same ids, BOS once) and llama.cpp's next-token choices on the f16 file are transformers'."""
+    import torch
+    from test_real_weights import build
+    from transformers import AutoModelForCausalLM
+
+    from sumtune.modeling import load_tokenizer
+    from sumtune.prompts import build_messages, render_prompt
+
+    # a merged folder as merge.py writes one: the template saved is the one trained with, BOS first (load_tokenizer)
+    folder = merged_folder(build("gemma-3-270m"), tmp_path / "gemma-3-270m")
+    tokenizer = load_tokenizer(str(folder), str(TEMPLATE))
+    (folder / "chat_template.jinja").write_text(tokenizer.chat_template)
+    export_gguf(folder, tmp_path / "gguf", ["f16"])
+    path = tmp_path / "gguf" / file_name("gemma-3-270m", "f16")
+    assert gguf_export.gguf_metadata(path)["architecture"] == "gemma3"
+
+    text = render_prompt(tokenizer, build_messages(INSTRUCTION.read_text(), "Heavy rain flooded roads in Kelby.")
+                         ["prompt"])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    llm = llama(path, logits_all=True)
+    assert ids[0] == tokenizer.bos_token_id and llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    llm.eval(ids)
+    ours = torch.tensor(llm.scores[:len(ids)])
+    llm.close()
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(torch.tensor([ids])).logits[0]
+    agree = float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())
+    print(f"Gemma 3 270M, {len(ids)} positions: top-1 agreement {agree:.3f}, max |logit diff| "
+          f"{float((ours - theirs).abs().max()):.4f}")
+    assert agree >= 0.95
