@@ -2,21 +2,12 @@
 
     accelerate launch --config_file accelerate_configs/single_gpu.yaml train.py --config recipes/phi-2/qlora.yaml
     python train.py --config recipes/tiny/demo.yaml --max_steps 10    # any recipe key can be overridden
+
+`sumtune train` runs the same command; `--help` lists this stage's settings (sumtune.commands.train).
 """
 
-from accelerate import PartialState
-
 from sumtune.cli import run
-from sumtune.config import parse_args
-from sumtune.training import train
-
-
-def main():
-    data_args, eval_args, training_args, model_args = parse_args(script="train.py")
-    adapter_dir = train(data_args, training_args, model_args, eval_args)
-    if PartialState().is_main_process:
-        print(f"Adapter saved to {adapter_dir}")
-
+from sumtune.commands import train as main
 
 if __name__ == "__main__":
     run(main)

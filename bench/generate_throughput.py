@@ -277,8 +277,9 @@ class Bench:
         """sumtune.generation's path, forced to --new-tokens tokens a row."""
         args = self.args
         kwargs = {"decode_attention": args.decode_attention, "cuda_graph": not args.eager} | kwargs
-        return dict(iter_token_ids(model, self.tokenizer, self.prompts if rows is None else rows, args.new_tokens, 1,
-                                   batch_size or args.batch_size, budget, min_new_tokens=args.new_tokens,
+        return dict(iter_token_ids(model, self.tokenizer, self.prompts if rows is None else rows,
+                                   max_new_tokens=args.new_tokens, batch_size=batch_size or args.batch_size,
+                                   max_batch_tokens=budget, min_new_tokens=args.new_tokens,
                                    cudnn_attention=args.cudnn_attention, **kwargs))
 
     def stock(self, model, rows: list, batch_size: int, keep_as: str | None = None,

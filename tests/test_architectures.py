@@ -161,10 +161,12 @@ def test_family_goes_through_prepare_train_merge_evaluate(family, tiny_model_dir
     base = tiny_family_model(family, tiny_model_dir, tmp_path / "base")
     # LoRA only, as the real-model recipes: the demo recipe's fully trained embeddings are a random-base aid.
     recipe = tmp_path / "recipe.yaml"
+    # One recipe for every stage: each reads its own keys of it (max_length: data, training, evaluation).
     recipe.write_text("".join(line for line in (ROOT / "recipes/tiny/demo.yaml").read_text().splitlines(True)
-                              if not line.startswith("lora_modules_to_save")))
+                              if not line.startswith(("lora_modules_to_save", "max_length", "report_to")))
+                      + "max_length: 256\nreport_to: none\n")
     run = tmp_path / "run"
-    common = ["--config", recipe, "--model_name_or_path", base, "--max_length", "256", "--report_to", "none"]
+    common = ["--config", recipe, "--model_name_or_path", base]
 
     for _ in range(2):  # the second run finds the data prepared with the same settings and reuses it
         run_entry_point("prepare_data.py", *common, "--dataset_name", data_dir, "--output_dir", run,

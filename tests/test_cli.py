@@ -1,42 +1,111 @@
 """The entry points' command line: `--help` of each script, the recipe parser's stage rules, the one-line config."""
 
+import dataclasses
 import logging
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT
 from helpers_crash import ENV
 
-from sumtune.config import ConfigError, DataArguments, EvalArguments, TrainArguments, config_summary, parse_args
+from sumtune.commands import COMMANDS
+from sumtune.config import (
+    SCHEMA,
+    STAGE_SETTINGS,
+    ConfigError,
+    DataArguments,
+    EvalArguments,
+    TrainArguments,
+    config_summary,
+    parse_args,
+)
 
 SCRIPTS = ("train.py", "evaluate.py", "merge.py", "prepare_data.py", "summarize.py")
 
 
 @pytest.fixture(scope="module")
 def helps():
-    def run(script):
-        return script, subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=ENV, capture_output=True,
-                                      text=True, timeout=240)
+    sumtune = str(Path(sys.executable).parent / "sumtune")  # the console script `pip install -e .` puts beside python
 
+    def run(command):
+        return command, subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+
+    commands = [(sys.executable, script, "--help") for script in SCRIPTS] + [(sumtune, "--help"),
+                                                                             (sumtune, "eval", "--help")]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(pool.map(run, SCRIPTS))
+        return dict(pool.map(run, commands))
+
+
+def listed_settings(help_text: str) -> set[str]:
+    """The settings a --help lists (`--no_x` complements count as `x`)."""
+    flags = set(re.findall(r"^  (?:-h, )?--([a-z0-9_]+)", help_text, flags=re.MULTILINE))
+    return {flag[3:] if flag.startswith("no_") and flag[3:] in flags | _all_settings() else flag
+            for flag in flags} - {"help", "config"}
+
+
+def _all_settings() -> set[str]:
+    return {f.name for cls in SCHEMA for f in dataclasses.fields(cls) if f.init}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_help_prints_usage_and_every_option(helps, script):
-    result = helps[script]
+def test_help_of_each_script_lists_only_its_own_settings(helps, script):
+    result = helps[(sys.executable, script, "--help")]
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith(f"usage: {script}")
-    # Options from each of the four dataclasses, one of them with a percentage in its help text.
-    for flag in ("--dataset_name", "--cudnn_attention", "--global_batch_size", "--lora_r"):
-        assert flag in result.stdout, flag
-    assert "95% confidence intervals" in " ".join(result.stdout.split())
+    assert result.stdout.startswith(f"usage: python {script}")
+    assert listed_settings(result.stdout) == set(STAGE_SETTINGS[script])
     assert "Traceback" not in result.stderr
     assert "Failed to load" not in result.stderr  # bitsandbytes' Hub-kernel warning on AVX512-BF16 CPUs (cli.py)
+
+
+@pytest.mark.slow
+def test_the_sumtune_command_lists_its_commands_and_each_takes_its_stages_settings(helps):
+    sumtune = str(Path(sys.executable).parent / "sumtune")
+    listing = helps[(sumtune, "--help")]
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert all(f"  {name} " in listing.stdout for name in COMMANDS)
+    evaluation = helps[(sumtune, "eval", "--help")]
+    assert evaluation.returncode == 0 and evaluation.stdout.startswith("usage: sumtune eval")
+    assert listed_settings(evaluation.stdout) == set(STAGE_SETTINGS["evaluate.py"])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_the_stage_settings_with_their_texts(script, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--help"], script=script)
+    assert stopped.value.code == 0
+    shown = capsys.readouterr().out
+    assert listed_settings(shown) == set(STAGE_SETTINGS[script])
+    if "bootstrap_samples" in STAGE_SETTINGS[script]:
+        assert "95% confidence intervals" in " ".join(shown.split())  # a help text with a percentage expands
+
+
+@pytest.mark.parametrize(("script", "flag", "owner"), [
+    ("merge.py", "--learning_rate=1e-3", "train.py"), ("prepare_data.py", "--num_beams", "evaluate.py"),
+    ("evaluate.py", "--lora-r", "train.py"), ("summarize.py", "--output_dir", "evaluate.py"),
+    ("train.py", "--predictions_file", "evaluate.py"),
+])
+def test_a_flag_of_another_stage_is_one_error_naming_the_stage_that_takes_it(script, flag, owner, capsys):
+    from sumtune.cli import run
+
+    argv = ["--config", "recipes/tiny/demo.yaml", flag, *([] if "=" in flag else ["1"])]
+    with pytest.raises(SystemExit) as stopped:
+        run(lambda: parse_args(argv, script=script))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert stopped.value.code == 2 and len(errors) == 1
+    name = flag[2:].split("=")[0].replace("-", "_")
+    assert f"`--{name}` is not a setting of python {script}" in errors[0] and owner in errors[0]
+
+
+def test_one_recipe_drives_every_stage(in_repo):
+    """Each stage accepts the recipe whole (it ignores the keys of other stages) and keeps unknown keys fatal."""
+    for script in SCRIPTS:
+        parse_args(["--config", "recipes/smollm2-135m/demo-cpu.yaml"], script=script)
 
 
 def test_bitsandbytes_hub_kernel_warning_is_dropped_and_its_other_messages_kept(caplog):

@@ -55,9 +55,10 @@ def test_summarize_and_evaluate_write_the_same_text(tiny_model_dir, tmp_path, in
 
 
 def test_decoding_comes_from_the_recipe_and_keys_only_what_changes_the_text(in_repo):
-    _, eval_args, training_args, _ = parse_args(["--config", "recipes/tiny/demo.yaml", "--mbr_candidates", "4"])
-    decoding = Decoding.from_args(eval_args, training_args.seed)
-    assert decoding.mbr and decoding.max_new_tokens == eval_args.max_new_tokens
+    _, eval_args, _, _ = parse_args(["--config", "recipes/tiny/demo.yaml", "--mbr_candidates", "4",
+                                     "--max_new_tokens", "20"])
+    decoding = eval_args.decoding
+    assert isinstance(decoding, Decoding) and decoding.mbr and decoding.max_new_tokens == 20
     assert decoding.text_settings()["mbr_candidates"] == 4
     plain = Decoding()
     assert plain.text_settings() == {"max_new_tokens": 64, "num_beams": 1}  # the keys outputs had before MBR
@@ -91,7 +92,7 @@ def test_mbr_with_one_candidate_is_plain_decoding_and_more_is_seeded(tiny_model_
     calls = []
     monkeypatch.setattr(decoding_module, "mbr_select", lambda candidates: calls.append(candidates)
                         or mbr_select(candidates))
-    mbr = Decoding(max_new_tokens=10, mbr_candidates=4, batch_size=2)
+    mbr = Decoding(max_new_tokens=10, mbr_candidates=4, generation_batch_size=2)
     first = mbr.generate(model, tiny_tokenizer, prompts)
     assert len(calls) == len(prompts) and all(len(c) == 4 for c in calls)
     assert sorted(c[0] for c in calls) == sorted(greedy)  # the greedy summary is always a candidate

@@ -74,7 +74,7 @@ def test_lead_baseline_on_real_xsum_rows(tmp_path):
 
 
 def test_model_mode_with_a_dequantized_4bit_base(tiny_model_dir, data_dir, tmp_path, in_repo, caplog):
-    with caplog.at_level("INFO", logger="sumtune.evaluation"):
+    with caplog.at_level("INFO", logger="sumtune.inferring"):
         metrics = run_eval("--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir),
                            "--load_in_4bit", "true", "--dequantize_4bit_base", "true", "--dataset_name",
                            str(data_dir), "--max_new_tokens", "8", "--output_dir", str(tmp_path / "model"))
@@ -101,7 +101,7 @@ def test_model_mode_with_the_adapter_merged_in_memory(tiny_model_dir, tiny_token
     base = [json.loads(line)["prediction"]
             for line in (tmp_path / "base" / "predictions.jsonl").read_text().splitlines()]
     for merge in ("false", "true"):
-        with caplog.at_level("INFO", logger="sumtune.evaluation"):
+        with caplog.at_level("INFO", logger="sumtune.inferring"):
             run_eval("--config", "recipes/tiny/demo.yaml", "--model_name_or_path", str(tiny_model_dir),
                      "--adapter_path", str(tmp_path / "adapter"), "--merge_adapter", merge, "--load_in_4bit", "false",
                      "--dataset_name", str(data_dir), "--max_new_tokens", "8", "--output_dir", str(tmp_path / merge))
@@ -125,8 +125,8 @@ def test_finished_evaluation_is_reused_and_overwrite_makes_it_again(tiny_model_d
     out = tmp_path / "model"
     first = run_eval(*model_argv(tiny_model_dir, data_dir, out))
     written = (out / "metrics.json").stat().st_mtime_ns
-    load = evaluation.load_eval_model
-    monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: pytest.fail("generated again"))
+    load = evaluation.load_generation_model
+    monkeypatch.setattr(evaluation, "load_generation_model", lambda *a, **k: pytest.fail("generated again"))
     with caplog.at_level("INFO", logger="sumtune"):
         assert run_eval(*model_argv(tiny_model_dir, data_dir, out)) == first
     assert "already holds an evaluation made with these settings: reusing it" in caplog.text
@@ -139,7 +139,7 @@ def test_finished_evaluation_is_reused_and_overwrite_makes_it_again(tiny_model_d
                                           ".*--overwrite_output_dir true"):
         run_eval(*model_argv(tiny_model_dir, data_dir, out, "--max_new_tokens", "4"))
     calls = []
-    monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: calls.append(1) or load(*a, **k))
+    monkeypatch.setattr(evaluation, "load_generation_model", lambda *a, **k: calls.append(1) or load(*a, **k))
     remade = run_eval(*model_argv(tiny_model_dir, data_dir, out, "--max_new_tokens", "4",
                                   "--overwrite_output_dir", "true"))
     assert calls and remade["max_new_tokens"] == 4

@@ -5,7 +5,8 @@ import torch
 from conftest import ARTICLES, ROOT
 from transformers import AutoModelForCausalLM
 
-from sumtune.generation import generate_summaries, iter_token_ids, token_budget_batches
+from sumtune.decoding import Decoding
+from sumtune.generation import iter_token_ids, token_budget_batches
 from sumtune.prompts import build_messages
 
 INSTRUCTION = (ROOT / "prompts/instruction.txt").read_text()
@@ -61,9 +62,9 @@ def test_batched_greedy_equals_one_at_a_time(tiny_model, tiny_tokenizer):
 
 def test_generate_summaries_keeps_input_order(tiny_model, tiny_tokenizer):
     rows = prompts(7)
-    batched = generate_summaries(tiny_model, tiny_tokenizer, rows, max_new_tokens=8, batch_size=4,
-                                 max_batch_tokens=1000)
-    one_by_one = [generate_summaries(tiny_model, tiny_tokenizer, [row], max_new_tokens=8)[0] for row in rows]
+    batched = Decoding(max_new_tokens=8, generation_batch_size=4, generation_max_batch_tokens=1000).generate(
+        tiny_model, tiny_tokenizer, rows)
+    one_by_one = [Decoding(max_new_tokens=8).generate(tiny_model, tiny_tokenizer, [row])[0] for row in rows]
     assert batched == one_by_one
 
 
@@ -92,7 +93,7 @@ def test_stops_at_eos(tiny_model_dir, tiny_tokenizer):
         i: [] for i in range(5)}
     forced = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=10, batch_size=8, min_new_tokens=3))
     assert all(len(ids) == 3 and tiny_tokenizer.eos_token_id not in ids for ids in forced.values())
-    assert generate_summaries(model, tiny_tokenizer, rows, max_new_tokens=10) == [""] * 5
+    assert Decoding(max_new_tokens=10).generate(model, tiny_tokenizer, rows) == [""] * 5
 
 
 def test_prefill_runs_causal_attention_without_a_padding_mask(tiny_model_dir, tiny_tokenizer, monkeypatch):

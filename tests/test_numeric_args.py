@@ -13,7 +13,7 @@ from helpers_crash import ENV
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from sumtune.cli import run
-from sumtune.config import NUMERIC_RANGES, DataArguments, EvalArguments, Range, TrainArguments, parse_args
+from sumtune.config import NUMERIC_RANGES, SCHEMA, STAGE_SETTINGS, Range, parse_args
 
 DEMO = ["--config", "recipes/tiny/demo.yaml"]
 
@@ -28,10 +28,10 @@ def outside(allowed: Range) -> float:
     return float("inf")
 
 
-def parse_through_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """parse_args under the entry points' wrapper (cli.run): its exit code and stderr."""
+def parse_through_cli(argv: list[str], capsys, script: str = "train.py") -> tuple[int, str]:
+    """parse_args under the entry points' wrapper (cli.run) of `script`: its exit code and stderr."""
     with pytest.raises(SystemExit) as stopped:
-        run(lambda: parse_args(argv, script="train.py"))
+        run(lambda: parse_args(argv, script=script))
     return stopped.value.code, capsys.readouterr().err
 
 
@@ -45,7 +45,9 @@ def test_out_of_range_value_stops_with_one_error_line(key, tmp_path, capsys, in_
     allowed = NUMERIC_RANGES[key]
     value = outside(allowed)
     assert not allowed.allows(value)
-    code, err = parse_through_cli([*DEMO, "--output_dir", str(tmp_path / "out"), f"--{key}", str(value)], capsys)
+    script = next(script for script, names in STAGE_SETTINGS.items() if key in names)  # a stage that takes it
+    output = ["--output_dir", str(tmp_path / "out")] if "output_dir" in STAGE_SETTINGS[script] else []
+    code, err = parse_through_cli([*DEMO, *output, f"--{key}", str(value)], capsys, script)
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err, err
@@ -88,16 +90,16 @@ def test_edge_values_in_range_parse(key, value, in_repo):
 def test_unset_optional_settings_pass(tmp_path, in_repo):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text((ROOT / "recipes/tiny/demo.yaml").read_text() + "generation_max_batch_tokens: null\n")
-    assert parse_args(["--config", str(recipe)])[1].generation_max_batch_tokens is None
+    assert parse_args(["--config", str(recipe)])[1].decoding.generation_max_batch_tokens is None
 
 
 def test_every_row_names_an_option():
-    parser = TrlParser((DataArguments, EvalArguments, TrainArguments, ModelConfig))
+    parser = TrlParser(SCHEMA)
     assert set(NUMERIC_RANGES) <= {action.dest for action in parser._actions}
 
 
 def test_every_numeric_setting_of_ours_and_of_the_recipes_has_a_range():
-    ours = numeric_fields(DataArguments, EvalArguments, TrainArguments) - numeric_fields(SFTConfig)
+    ours = numeric_fields(*(cls for cls in SCHEMA if cls is not ModelConfig)) - numeric_fields(SFTConfig)
     in_recipes = {key for path in (ROOT / "recipes").rglob("*.yaml")
                   for key, value in yaml.safe_load(path.read_text()).items()
                   if isinstance(value, int | float) and not isinstance(value, bool)}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers_crash import checkpoint_steps, jsonl, load_adapter, make_data, run_script, start_script, wait_for
 
+from sumtune import inferring
 from sumtune.predictions import PARTIAL_FILE, load_partial
 from sumtune.training import last_complete_checkpoint
 
@@ -158,7 +159,7 @@ def test_rerun_of_finished_evaluation_generates_nothing(tiny_model_dir, tmp_path
             "false", "--dataset_name", str(data), "--max_new_tokens", "4", "--bootstrap_samples", "10",
             "--output_dir", str(tmp_path / "eval")]
     first = evaluation.evaluate(*parse_args(argv))
-    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: pytest.fail("the model was loaded again"))
+    monkeypatch.setattr(inferring, "load_model", lambda *a, **k: pytest.fail("the model was loaded again"))
     assert evaluation.evaluate(*parse_args(argv)) == first
     with pytest.raises(Exception, match="other settings"):
         evaluation.evaluate(*parse_args([*argv, "--max_new_tokens", "5"]))

@@ -44,3 +44,23 @@ def run(main: Callable[[], object]) -> None:
               "generation_max_batch_tokens (the KV cache's size) and re-run; it resumes where it stopped.",
               file=sys.stderr)
         sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`sumtune COMMAND [settings]`: the pipeline's stages as one command (installed by `pip install`); each command
+    is the root script of the same stage (`sumtune train` = `python train.py`)."""
+    from .commands import COMMANDS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = ("usage: sumtune COMMAND [--config RECIPE] [settings]\n\ncommands, in pipeline order:\n"
+             + "\n".join(f"  {name:<10} {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in COMMANDS.items())
+             + "\n\n`sumtune COMMAND --help` lists the settings a command takes.")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage, file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}: use one of {', '.join(COMMANDS)} (`sumtune --help`).",
+              file=sys.stderr)
+        sys.exit(2)
+    run(lambda: COMMANDS[name](argv[1:], prog=f"sumtune {name}"))

@@ -7,6 +7,7 @@ chain and an unknown key in it is an error in every stage. Each stage's `--outpu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -20,15 +21,10 @@ import yaml
 from transformers import HfArgumentParser
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from .decoding import Decoding
+from .errors import ConfigError, RunError  # noqa: F401  (re-exported: the modules' one import of both)
+
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration or input problem: the message names the problem and the fix."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on (a non-finite loss): the message names the step, the last checkpoint and the fix."""
 
 
 T4_RECIPE = "recipes/phi-2/qlora-t4.yaml"
@@ -66,7 +62,10 @@ class DataArguments:
 
 @dataclass
 class EvalArguments:
-    """Generation, scoring and merge options (evaluate.py, merge.py)."""
+    """Scoring, summarizing and merge options (evaluate.py, summarize.py, merge.py); the decoding settings are
+    `decoding` (a `Decoding`, parsed beside this class and attached by parse_args)."""
+
+    decoding: Decoding = field(default_factory=Decoding, init=False, repr=False)
 
     adapter_path: str | None = field(default=None, metadata={"help": "LoRA adapter folder to apply to the base."})
     predictions_file: str | None = field(
@@ -76,40 +75,6 @@ class EvalArguments:
         default=None, metadata={"help": "`lead`: score the article's first line as the summary.", "choices": ["lead"]}
     )
     eval_split: str = field(default="test", metadata={"help": "Which split evaluate.py scores."})
-    max_new_tokens: int = 64
-    num_beams: int = field(default=1, metadata={"help": "1 = greedy decoding; >1 = beam search."})
-    no_repeat_ngram_size: int = field(
-        default=0, metadata={"help": "Decoding through generate(): never repeat an n-gram of this size (0 = off)."}
-    )
-    length_penalty: float = field(
-        default=1.0, metadata={"help": "Beam search: exponent on the length that divides a beam's log-probability "
-                                       "(> 1 favours longer summaries, < 1 shorter)."}
-    )
-    mbr_candidates: int = field(
-        default=1,
-        metadata={"help": "Minimum Bayes risk decoding: for each article, the greedy summary and mbr_candidates - 1 "
-                          "sampled ones; the candidate with the highest mean ROUGE against the others is kept "
-                          "(docs/evaluation.md). 1 = off."},
-    )
-    mbr_epsilon: float = field(
-        default=0.02,
-        metadata={"help": "MBR candidates are sampled from the tokens with probability above this (epsilon "
-                          "sampling)."},
-    )
-    generation_batch_size: int = field(default=256, metadata={"help": "Most rows in one generation batch."})
-    generation_max_batch_tokens: int | None = field(
-        default=16384,
-        metadata={"help": "Most tokens in one generation batch, counted as rows x (longest prompt + max_new_tokens): "
-                          "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 16384 is about 5 GiB; a "
-                          "larger GPU fits a larger budget, and larger batches generate faster (settings measured per "
-                          "GPU: docs/performance.md#generation-speed). None: batches of generation_batch_size rows."},
-    )
-    cudnn_attention: bool = field(
-        default=False,
-        metadata={"help": "Generation: let the prompt's attention (prefill) use cuDNN: faster, but not reproducible (a "
-                          "repeated run can change the greedy text; docs/evaluation.md#exactness-and-reproducibility); "
-                          "off, repeats are identical."},
-    )
     dequantize_4bit_base: bool = field(
         default=False,
         metadata={"help": "evaluate.py with a 4-bit base: dequantize each 4-bit weight once before generating (Phi-2: "
@@ -251,7 +216,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "max_train_samples": at_least(1, "rows"),
     "max_eval_samples": at_least(1, "rows"),
     "max_test_samples": at_least(1, "rows"),
-    # EvalArguments: decoding, batching, scoring
+    # Decoding
     "max_new_tokens": at_least(1),
     "num_beams": at_least(1, "1 = greedy"),
     "no_repeat_ngram_size": at_least(0, "0 = off"),
@@ -260,6 +225,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "mbr_epsilon": fraction("a probability cut-off; 0 would keep every token", low_open=True),
     "generation_batch_size": at_least(1, "rows"),
     "generation_max_batch_tokens": at_least(1, "tokens; unset: batches of generation_batch_size rows"),
+    "mbr_seed": SEED,
+    # EvalArguments: in-training ROUGE, scoring
     "rouge_eval_samples": at_least(0, "rows; 0 = off"),
     "bootstrap_samples": at_least(1, "resamples"),
     # TrainArguments: SFTConfig's and ours
@@ -295,7 +262,7 @@ NUMERIC_RANGES: dict[str, Range] = {
 }
 
 
-def _check_ranges(values: dict, defaults: dict, script: str) -> None:
+def _check_ranges(values: dict, defaults: dict, prog: str) -> None:
     """Every numeric setting in NUMERIC_RANGES checked against its range; every problem raised at once."""
     problems = []
     for key, allowed in NUMERIC_RANGES.items():
@@ -307,7 +274,7 @@ def _check_ranges(values: dict, defaults: dict, script: str) -> None:
         problems.append(f"`{key}` must be {allowed.describe()}{why}, got {_number(value)}: give it a value in that "
                         f"range (in the recipe or as --{key}) or leave it out (default: {default}).")
     if problems:
-        raise ConfigError(" ".join(problems) + f" (`python {script} --help` describes each setting.)")
+        raise ConfigError(" ".join(problems) + f" (`{prog} --help` describes each setting.)")
 
 
 def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -316,12 +283,7 @@ def _check(data_args: DataArguments, eval_args: EvalArguments, training_args: SF
     problems = []
     if eval_args.predictions_file and eval_args.baseline:
         problems.append("Give either `--predictions_file` or `--baseline`, not both.")
-    if eval_args.mbr_candidates == 2:
-        problems.append("`mbr_candidates: 2` always keeps the greedy summary (ROUGE F1 is symmetric, so the two "
-                        "candidates tie and the greedy one wins): use 1 (off) or 3 and more.")
-    if eval_args.mbr_candidates > 1 and eval_args.num_beams > 1:
-        problems.append("MBR decoding (`mbr_candidates` > 1) makes its candidates by greedy decoding and sampling, "
-                        "not beam search: set `num_beams: 1`, or `mbr_candidates: 1` for beam search.")
+    problems += eval_args.decoding.problems()
     if eval_args.adapter_path and (eval_args.predictions_file or eval_args.baseline):
         problems.append("`--adapter_path` applies to a model, not to `--predictions_file` or `--baseline`: drop one.")
     if training_args.fp16 and training_args.bf16:
@@ -435,7 +397,7 @@ class _RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _read_recipe(parser: HfArgumentParser, path: str, script: str = "train.py") -> dict:
+def _read_recipe(parser: HfArgumentParser, path: str, prog: str = "python train.py") -> dict:
     """The recipe as typed defaults: YAML errors, duplicate and unknown keys and mistyped values become one
     ConfigError."""
     try:
@@ -455,7 +417,7 @@ def _read_recipe(parser: HfArgumentParser, path: str, script: str = "train.py") 
     unknown = [key for key in config if key not in actions or key in ("help", "config")]
     if unknown:
         raise ConfigError(f"Unknown key(s) in the recipe: {unknown}. Fix the spelling or remove them; "
-                          f"`python {script} --help` lists every valid key.")
+                          f"`{prog} --help` lists every valid key.")
     problems, typed = [], {}
     for key, value in config.items():
         try:
@@ -467,9 +429,9 @@ def _read_recipe(parser: HfArgumentParser, path: str, script: str = "train.py") 
     return typed
 
 
-def _argparse_error(script: str):
+def _argparse_error(prog: str):
     def error(message: str):
-        raise ConfigError(f"{message}. Fix the command-line flag; `python {script} --help` lists every option.")
+        raise ConfigError(f"{message}. Fix the command-line flag; `{prog} --help` lists every option.")
 
     return error
 
@@ -483,18 +445,98 @@ def require_model(eval_args: EvalArguments, model_args: ModelConfig, script: str
                       f"{CPU_RECIPE} on a CPU) or --model_name_or_path{scoring}.")
 
 
-def parse_args(argv: list[str] | None = None, script: str | None = None,
-               ) -> tuple[DataArguments, EvalArguments, TrainArguments, ModelConfig]:
-    """Parse `--config recipe.yaml` plus CLI overrides into the four dataclasses; unknown keys are fatal.
+SCHEMA = (DataArguments, EvalArguments, Decoding, TrainArguments, ModelConfig)
 
-    `script` names the entry point parsing (its messages point to its `--help`); an entry point needs a model. Only
-    train.py (and a caller that names none) keeps the Trainer's own parse-time check that bf16 runs on this machine:
-    the other stages train nothing, so a bf16 recipe prepares data, merges or scores anywhere.
+
+def _names(*classes) -> frozenset[str]:
+    return frozenset(f.name for cls in classes for f in dataclasses.fields(cls) if f.init)
+
+
+_LORA = frozenset({"use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+                   "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora"})
+_LOADING = _names(ModelConfig) - _LORA  # which weights, in which precision and quantization
+_GENERATING = _LOADING | _names(Decoding) | {"adapter_path", "dequantize_4bit_base", "merge_adapter", "seed",
+                                              "max_length", "chat_template_path", "instruction_path", "use_cpu"}
+# The settings each entry point honours (dataclass field names). One recipe drives every stage, and each stage reads
+# only its own keys of it; on the command line a stage takes only these, and its --help lists only these.
+STAGE_SETTINGS: dict[str, frozenset[str]] = {
+    "prepare_data.py": _names(DataArguments) | {"model_name_or_path", "model_revision", "output_dir", "max_length",
+                                                "seed", "chat_template_path", "dataset_num_proc",
+                                                "overwrite_output_dir"},
+    "train.py": (_names(DataArguments, TrainArguments, ModelConfig, Decoding)
+                 | {"rouge_eval_samples", "overwrite_output_dir"}),
+    "merge.py": _LOADING | {"adapter_path", "merge_base", "output_dir", "chat_template_path", "overwrite_output_dir"},
+    "evaluate.py": (_GENERATING | _names(DataArguments)
+                    | {"predictions_file", "baseline", "eval_split", "bootstrap_samples", "output_dir",
+                       "dataset_num_proc", "overwrite_output_dir"}),
+    "summarize.py": _GENERATING | {"input_file", "output_file", "text_column", "id_column", "overwrite_output_dir"},
+}
+
+
+def _flags(argv: list[str]) -> list[str]:
+    """The setting names given on a command line (`--name value`, `--name=value`, `--name`)."""
+    return [arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--") and len(arg) > 2]
+
+
+def _check_stage_flags(argv: list[str], script: str, prog: str) -> None:
+    """A flag that another stage honours is refused by name, with the stage that takes it."""
+    allowed, known = STAGE_SETTINGS[script], _names(*SCHEMA)
+    problems = []
+    for name in dict.fromkeys(_flags(argv)):
+        base = name[3:] if name.startswith("no_") and name[3:] in known else name
+        if base in known and base not in allowed:
+            takers = ", ".join(s for s, names in STAGE_SETTINGS.items() if base in names) or "no stage"
+            problems.append(f"`--{name}` is not a setting of {prog} (it is one of {takers}): drop it here, or put "
+                            "it in the recipe, which every stage reads.")
+    if problems:
+        raise ConfigError(" ".join(problems) + f" `{prog} --help` lists this stage's settings.")
+
+
+def print_stage_help(parser: TrlParser, script: str, prog: str, description: str | None) -> None:
+    """--help with only the settings this stage honours, grouped by what they configure."""
+    shown = argparse.ArgumentParser(prog=prog, description=description, add_help=False,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    shown.add_argument("-h", "--help", action="store_true", help="show this message and exit")
+    shown.add_argument("--config", help="YAML recipe; every key can be overridden by its flag (recipes/)")
+    actions: dict[str, list[argparse.Action]] = {}
+    for action in parser._actions:
+        actions.setdefault(action.dest, []).append(action)
+    for cls in SCHEMA:
+        names = [f.name for f in dataclasses.fields(cls) if f.init and f.name in STAGE_SETTINGS[script]]
+        if names:
+            group = shown.add_argument_group(GROUP_TITLES.get(cls.__name__, cls.__name__))
+            for name in names:
+                for action in actions.get(name, []):
+                    group._add_action(action)
+    shown.print_help()
+
+
+GROUP_TITLES = {"DataArguments": "data", "EvalArguments": "evaluation, summarizing and merging",
+                "Decoding": "decoding", "TrainArguments": "training (TRL's SFTConfig and the project's)",
+                "ModelConfig": "model (TRL's ModelConfig)"}
+
+
+def parse_args(argv: list[str] | None = None, script: str | None = None, prog: str | None = None,
+               description: str | None = None) -> tuple[DataArguments, EvalArguments, TrainArguments, ModelConfig]:
+    """Parse `--config recipe.yaml` plus CLI overrides into the dataclasses; unknown keys are fatal. The decoding
+    settings come back as `eval_args.decoding`.
+
+    `script` names the entry point parsing (STAGE_SETTINGS): it takes only its own flags on the command line, its
+    --help lists only those, and it needs a model. `prog` is how the user called it (`python evaluate.py`, `sumtune
+    eval`), for messages. Without `script` (library callers, tests) every setting is taken. Only train.py (and a
+    caller that names none) keeps the Trainer's own parse-time check that bf16 runs on this machine: the other stages
+    train nothing, so a bf16 recipe prepares data, merges or scores anywhere.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     name = script or "train.py"
-    parser = TrlParser((DataArguments, EvalArguments, TrainArguments, ModelConfig))
-    parser.error = _argparse_error(name)  # one `error:` line instead of argparse's usage dump
+    prog = prog or f"python {name}"
+    parser = TrlParser(SCHEMA)
+    parser.error = _argparse_error(prog)  # one `error:` line instead of argparse's usage dump
+    if script is not None and ("-h" in argv or "--help" in argv):
+        print_stage_help(parser, script, prog, description)
+        sys.exit(0)
+    if script is not None:
+        _check_stage_flags(argv, script, prog)
     defaults = {action.dest: action.default for action in parser._actions}
     # TRL defaults to bf16=True, which fails on CPUs and T4s before any recipe is read; precision is the recipe's
     # choice, so the project default is full precision and every GPU recipe sets fp16 or bf16 explicitly.
@@ -504,24 +546,14 @@ def parse_args(argv: list[str] | None = None, script: str | None = None,
         if index + 1 >= len(argv) or not Path(argv[index + 1]).is_file():
             path = argv[index + 1] if index + 1 < len(argv) else "(none)"
             raise ConfigError(f"Recipe file not found: {path}. Pass an existing YAML file to --config.")
-        parser.set_defaults_with_config(**_read_recipe(parser, argv[index + 1], name))
+        parser.set_defaults_with_config(**_read_recipe(parser, argv[index + 1], prog))
         del argv[index:index + 2]
     # Ranges are checked on the values as given, before the dataclasses' own __post_init__ checks (which raise the
     # libraries' messages, or none) and before anything is built from them.
     given, _ = parser.parse_known_args(argv)
-    _check_ranges(vars(given), defaults, name)
-    try:
-        data_args, eval_args, training_args, model_args = _parse(parser, argv, training=name == "train.py")
-    except ValueError as err:
-        message = str(err)
-        if "doesn't support bf16" in message:
-            raise ConfigError(f"bf16 is set but this machine has no GPU with bf16 support. On a T4 use {T4_RECIPE} "
-                              f"(fp16); on a CPU set `bf16: false` (see {CPU_RECIPE}).") from None
-        if message.startswith("Some specified arguments are not used"):
-            flags = message.split(": ", 1)[1]
-            raise ConfigError(f"Unknown command-line argument(s) {flags}: fix the spelling; `python {name} --help` "
-                              "lists every option.") from None
-        raise ConfigError(message) from None
+    _check_ranges(vars(given), defaults, prog)
+    data_args, eval_args, decoding, training_args, model_args = _parse_or_explain(parser, argv, name, prog)
+    eval_args.decoding = decoding
     _check(data_args, eval_args, training_args, model_args)
     if script is not None:
         require_model(eval_args, model_args, script)
@@ -529,6 +561,22 @@ def parse_args(argv: list[str] | None = None, script: str | None = None,
         # Pinned host memory only speeds copies to a GPU; without one torch warns on every DataLoader.
         training_args.dataloader_pin_memory = False
     return data_args, eval_args, training_args, model_args
+
+
+def _parse_or_explain(parser: TrlParser, argv: list[str], name: str, prog: str):
+    """`_parse`, with the libraries' ValueErrors as one ConfigError naming the fix."""
+    try:
+        return _parse(parser, argv, training=name == "train.py")
+    except ValueError as err:
+        message = str(err)
+        if "doesn't support bf16" in message:
+            raise ConfigError(f"bf16 is set but this machine has no GPU with bf16 support. On a T4 use {T4_RECIPE} "
+                              f"(fp16); on a CPU set `bf16: false` (see {CPU_RECIPE}).") from None
+        if message.startswith("Some specified arguments are not used"):
+            flags = message.split(": ", 1)[1]
+            raise ConfigError(f"Unknown command-line argument(s) {flags}: fix the spelling; `{prog} --help` "
+                              "lists every option.") from None
+        raise ConfigError(message) from None
 
 
 def _parse(parser: TrlParser, argv: list[str], training: bool):
@@ -545,7 +593,7 @@ def _parse(parser: TrlParser, argv: list[str], training: bool):
                 raise
         asked, _ = parser.parse_known_args(argv)
         parsed = parser.parse_args_and_config([*argv, "--bf16", "false", "--bf16_full_eval", "false"])
-    parsed[2].bf16, parsed[2].bf16_full_eval = asked.bf16, asked.bf16_full_eval
+    parsed[3].bf16, parsed[3].bf16_full_eval = asked.bf16, asked.bf16_full_eval
     return parsed
 
 

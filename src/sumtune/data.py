@@ -13,6 +13,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .config import ConfigError, DataArguments
+from .layout import DATA_DIR, STATS_FILE
 from .manifest import file_hash, publish_dir, rows_fingerprint, tmp_dir_for, write_atomic
 from .prompts import Prompt, fit_to_budget
 from .stage import is_unfinished, reuse_or_make
@@ -20,7 +21,6 @@ from .stage import is_unfinished, reuse_or_make
 logger = logging.getLogger(__name__)
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-STATS_FILE = "stats.json"
 PREPARED_COLUMNS = ("id", "document", "summary", "prompt", "completion")
 # A single file is split 90/5/5 with the held-out tenth rounded up: below 11 rows it holds one row, which cannot be
 # halved into a validation and a test row.
@@ -322,3 +322,23 @@ def reuse_prepared(path: str | Path, settings: dict, overwrite: bool) -> bool:
     is none or it is to be replaced (`overwrite`); data prepared with other settings is an error naming them."""
     made_with = (prepared_stats(path).get("settings") or {}) if is_prepared(path) else None
     return reuse_or_make(path, "prepared data", made_with, settings, overwrite)
+
+
+def prepare(data_args: DataArguments, training_args, model_args, overwrite: bool) -> tuple[Path, bool]:
+    """The data stage: OUTPUT_DIR/data prepared for the recipe's tokenizer and prompt, or reused when it was prepared
+    with the same settings. Returns the folder and whether it was reused."""
+    from .manifest import check_output_path
+    from .modeling import load_tokenizer  # loads transformers' model code: only the data stage needs it here
+
+    check_output_path(training_args.output_dir)
+    target = Path(training_args.output_dir) / DATA_DIR
+    tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path,
+                               revision=model_args.model_revision)
+    settings = prepare_settings(data_args, Prompt.load(tokenizer, data_args.instruction_path),
+                                training_args.max_length, training_args.seed)
+    if reuse_prepared(target, settings, overwrite):
+        return target, True
+    dataset, stats = prepare_datasets(data_args, tokenizer, training_args.max_length, training_args.seed,
+                                      training_args.dataset_num_proc)
+    save_prepared(dataset, stats, target)
+    return target, False

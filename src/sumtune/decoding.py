@@ -1,5 +1,5 @@
-"""How summaries are decoded: one settings object, built once from the recipe and flags (`Decoding.from_args`), that
-evaluate.py, summarize.py, the in-training ROUGE callback and the benches all generate through.
+"""How summaries are decoded: one settings object, parsed from the recipe and flags (a dataclass of the configuration
+schema), that evaluate.py, summarize.py, the in-training ROUGE callback and the benches all generate through.
 
 Greedy decoding runs the project's batched loop (`generation.greedy_batch`); beam search and the `generate()`-only
 options go through `model.generate`. Minimum Bayes risk (MBR) decoding (`mbr_candidates` > 1) makes, for each
@@ -12,7 +12,7 @@ utility, so the selection is written here, on rouge_score.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,29 +23,63 @@ from .metrics import pairwise_rouge
 
 @dataclass(frozen=True)
 class Decoding:
-    """Every setting that decides which summary is written (`text_settings`) and how batches are formed (the rest,
-    which never changes the text of greedy float32 decoding; see docs/evaluation.md)."""
+    """Every decoding setting, parsed as it is from the recipe and the command line by every stage that generates
+    (evaluate.py, summarize.py, train.py's ROUGE callback) and built directly by the benches: the one list of these
+    options and their defaults. `text_settings` names those that decide which summary is written; the batching fields
+    never change the text of greedy float32 decoding (docs/evaluation.md). A new option is one field here (and its
+    range in config.NUMERIC_RANGES when it is a number)."""
 
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 0
-    length_penalty: float = 1.0
-    mbr_candidates: int = 1
-    mbr_epsilon: float = 0.02
-    seed: int = 42
-    batch_size: int = 256
-    max_batch_tokens: int | None = 16384
-    cudnn_attention: bool = False
+    max_new_tokens: int = field(default=64, metadata={"help": "Most tokens of a summary (EOS ends it sooner)."})
+    num_beams: int = field(default=1, metadata={"help": "1 = greedy decoding; >1 = beam search."})
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "Decoding through generate(): never repeat an n-gram of this size (0 = off)."}
+    )
+    length_penalty: float = field(
+        default=1.0, metadata={"help": "Beam search: exponent on the length that divides a beam's log-probability "
+                                       "(> 1 favours longer summaries, < 1 shorter)."}
+    )
+    mbr_candidates: int = field(
+        default=1,
+        metadata={"help": "Minimum Bayes risk decoding: for each article, the greedy summary and mbr_candidates - 1 "
+                          "sampled ones; the candidate with the highest mean ROUGE against the others is kept "
+                          "(docs/evaluation.md). 1 = off."},
+    )
+    mbr_epsilon: float = field(
+        default=0.02,
+        metadata={"help": "MBR candidates are sampled from the tokens with probability above this (epsilon "
+                          "sampling)."},
+    )
+    mbr_seed: int = field(default=42, metadata={"help": "Seed of the MBR candidates' sampling."})
+    generation_batch_size: int = field(default=256, metadata={"help": "Most rows in one generation batch."})
+    generation_max_batch_tokens: int | None = field(
+        default=16384,
+        metadata={"help": "Most tokens in one generation batch, counted as rows x (longest prompt + max_new_tokens): "
+                          "the KV cache's size. Phi-2's cache is 320 KiB a token in 16-bit, so 16384 is about 5 GiB; a "
+                          "larger GPU fits a larger budget, and larger batches generate faster (settings measured per "
+                          "GPU: docs/performance.md#generation-speed). None: batches of generation_batch_size rows."},
+    )
+    cudnn_attention: bool = field(
+        default=False,
+        metadata={"help": "Generation: let the prompt's attention (prefill) use cuDNN: faster, but not reproducible (a "
+                          "repeated run can change the greedy text; docs/evaluation.md#exactness-and-reproducibility); "
+                          "off, repeats are identical."},
+    )
 
-    @classmethod
-    def from_args(cls, eval_args, seed: int = 42) -> Decoding:
-        """From EvalArguments (every stage parses the same fields, so a recipe's decoding is the same everywhere)."""
-        return cls(max_new_tokens=eval_args.max_new_tokens, num_beams=eval_args.num_beams,
-                   no_repeat_ngram_size=eval_args.no_repeat_ngram_size, length_penalty=eval_args.length_penalty,
-                   mbr_candidates=eval_args.mbr_candidates, mbr_epsilon=eval_args.mbr_epsilon, seed=seed,
-                   batch_size=eval_args.generation_batch_size,
-                   max_batch_tokens=eval_args.generation_max_batch_tokens,
-                   cudnn_attention=eval_args.cudnn_attention)
+    def problems(self) -> list[str]:
+        """Settings that contradict each other (each number's own range is config.NUMERIC_RANGES')."""
+        problems = []
+        if self.mbr_candidates == 2:
+            problems.append("`mbr_candidates: 2` always keeps the greedy summary (ROUGE F1 is symmetric, so the two "
+                            "candidates tie and the greedy one wins): use 1 (off) or 3 and more.")
+        if self.mbr and self.num_beams > 1:
+            problems.append("MBR decoding (`mbr_candidates` > 1) makes its candidates by greedy decoding and "
+                            "sampling, not beam search: set `num_beams: 1`, or `mbr_candidates: 1` for beam search.")
+        return problems
+
+    def batching(self) -> dict:
+        """The keyword arguments of `generation.iter_summaries` that form batches."""
+        return dict(max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size,
+                    max_batch_tokens=self.generation_max_batch_tokens, cudnn_attention=self.cudnn_attention)
 
     @property
     def mbr(self) -> bool:
@@ -65,14 +99,15 @@ class Decoding:
         that are off are left out, so outputs made before an option existed keep their key."""
         settings = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, **self.generate_options()}
         if self.mbr:
-            settings |= {"mbr_candidates": self.mbr_candidates, "mbr_epsilon": self.mbr_epsilon, "seed": self.seed}
+            settings |= {"mbr_candidates": self.mbr_candidates, "mbr_epsilon": self.mbr_epsilon, "seed": self.mbr_seed}
         return settings
 
     def plan(self, lengths: list[int]) -> list[list[int]]:
         """The batches (lists of indices into `lengths`, the prompts' token counts) `iter_summaries` generates.
         Each beam or MBR candidate holds its own KV cache, so the token budget is shared among them."""
-        return plan_batches(lengths, self.max_new_tokens, max(self.num_beams, self.mbr_candidates),
-                            self.batch_size, self.max_batch_tokens)
+        return plan_batches(lengths, max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size,
+                            max_batch_tokens=self.generation_max_batch_tokens,
+                            num_beams=max(self.num_beams, self.mbr_candidates))
 
     def iter_summaries(self, model, tokenizer, prompts: list[list[dict]], batches: list[list[int]] | None = None,
                        encoded: list[list[int]] | None = None) -> Iterator[tuple[int, str]]:
@@ -82,8 +117,7 @@ class Decoding:
             encoded = encode_prompts(tokenizer, prompts)
         if batches is None:
             batches = self.plan([len(ids) for ids in encoded])
-        common = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                      max_batch_tokens=self.max_batch_tokens, cudnn_attention=self.cudnn_attention)
+        common = self.batching()
         for batch in batches:
             texts = dict(iter_summaries(model, tokenizer, prompts, num_beams=self.num_beams, batches=[batch],
                                         encoded=encoded, **common, **self.generate_options()))
@@ -98,7 +132,7 @@ class Decoding:
         the same samples for the same batch."""
         copies = self.mbr_candidates - 1
         rows = [i for i in batch for _ in range(copies)]
-        torch.manual_seed(self.seed * 1_000_003 + batch[0])
+        torch.manual_seed(self.mbr_seed * 1_000_003 + batch[0])
         samples: dict[int, list[str]] = {i: [] for i in batch}
         for k, text in iter_summaries(model, tokenizer, [prompts[i] for i in rows],
                                       batches=[list(range(len(rows)))], encoded=[encoded[i] for i in rows],

@@ -17,12 +17,10 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 from accelerate import PartialState
-from tqdm import tqdm
 from trl import ModelConfig, SFTConfig
 
 from .config import ConfigError, DataArguments, EvalArguments, RunError
@@ -36,6 +34,14 @@ from .data import (
 )
 from .decoding import Decoding
 from .generation import batch_cost, encode_prompts
+from .inferring import (
+    append_predictions,
+    check_merge_options,
+    generation_settings,
+    generation_tokenizer,
+    load_generation_model,
+)
+from .layout import METRICS_FILE, PREDICTIONS_FILE
 from .manifest import (
     check_output_path,
     file_hash,
@@ -47,7 +53,6 @@ from .manifest import (
     write_manifest,
 )
 from .metrics import ROUGE_TYPES, compute_rouge, rounded
-from .modeling import dequantize_4bit_linears, load_model, load_tokenizer, merge_adapter_weights
 from .predictions import (
     PARTIAL_PREFIX,
     deal_batches,
@@ -63,8 +68,6 @@ from .stage import check_output_name, is_unfinished, reuse_or_make
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_FILE = "metrics.json"
 
 
 def read_predictions(path: str | Path) -> list[dict]:
@@ -131,13 +134,6 @@ def lead_sentence(article: str) -> str:
     return next((line.strip() for line in article.splitlines() if line.strip()), "")
 
 
-def eval_tokenizer(eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig):
-    if eval_args.adapter_path:
-        return load_tokenizer(eval_args.adapter_path, training_args.chat_template_path, padding_side="left")
-    return load_tokenizer(model_args.model_name_or_path, training_args.chat_template_path, padding_side="left",
-                          revision=model_args.model_revision)
-
-
 def eval_prompts(rows, prompt: Prompt, max_length: int, max_new_tokens: int) -> list:
     """Each row's prompt, its article cut as for any generation (Prompt.for_generation), prepared data or raw."""
     prompts = [prompt.for_generation(article, max_length, max_new_tokens) for article in rows["document"]]
@@ -145,15 +141,6 @@ def eval_prompts(rows, prompt: Prompt, max_length: int, max_new_tokens: int) -> 
         raise ConfigError(f"max_length={max_length} leaves no room for the prompt and max_new_tokens="
                           f"{max_new_tokens}: raise --max_length or lower --max_new_tokens.")
     return prompts
-
-
-def model_fingerprint(path: str) -> str | None:
-    """Identifies the weights of a local model or adapter folder (names, sizes, mtimes), cheap for large models."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
-    return rows_fingerprint({"name": p.name, "size": p.stat().st_size, "mtime": p.stat().st_mtime_ns} for p in files)
 
 
 def finished_predictions(output_dir: Path, ids: list[str]) -> list[str] | None:
@@ -218,7 +205,7 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
         for path in partial_files(output_dir):
             load_partial(path, run_key, ids, overwrite=True)
     state.wait_for_everyone()  # before any process appends
-    model = load_eval_model(eval_args, model_args, state) if batches else None
+    model = load_generation_model(eval_args, model_args, state) if batches else None
     state.wait_for_everyone()  # every model is loaded: the generation clock starts on all processes at once
     start = time.perf_counter()
     if batches:
@@ -237,72 +224,6 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
         raise RunError(f"{len(ids) - len(done)} of {len(ids)} predictions are missing from the partial files in "
                        f"{output_dir}: re-run with the same settings to generate them.")
     return [done[i] for i in range(len(ids))], timing
-
-
-def load_eval_model(eval_args: EvalArguments, model_args: ModelConfig, state: PartialState):
-    """Each process loads the whole model onto its own GPU (data parallel); on a CPU, where it is now."""
-    check_merge_options(eval_args, model_args)
-    model = load_model(model_args, device=str(state.device) if state.device.type == "cuda" else None)
-    if eval_args.adapter_path:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, eval_args.adapter_path)
-    if eval_args.dequantize_4bit_base and model_args.load_in_4bit:
-        logger.info("Dequantized %d 4-bit layers for generation", dequantize_4bit_linears(model))
-    if eval_args.merge_adapter:
-        model = merge_adapter_weights(model)
-        logger.info("Merged the adapter into the base weights in memory for generation")
-    return model
-
-
-def check_merge_options(eval_args: EvalArguments, model_args: ModelConfig) -> None:
-    if eval_args.merge_adapter and not eval_args.adapter_path:
-        raise ConfigError("--merge_adapter true needs --adapter_path (the adapter to merge); without an adapter drop "
-                          "--merge_adapter.")
-    if eval_args.merge_adapter and model_args.load_in_8bit:
-        raise ConfigError("--merge_adapter true cannot merge into an 8-bit base: use --load_in_8bit false (a 16-bit "
-                          "base) or merge.py.")
-    if eval_args.merge_adapter and model_args.load_in_4bit and not eval_args.dequantize_4bit_base:
-        raise ConfigError("--merge_adapter true with a 4-bit base (--load_in_4bit true) needs --dequantize_4bit_base "
-                          "true: merging into 4-bit weights would requantize them.")
-
-
-def append_predictions(path: Path, run_key: dict, ids: list[str], prompts: list, rows: list[int],
-                       encoded: list[list[int]], batches: list[list[int]], tokenizer, decoding: Decoding,
-                       model, progress: bool = False) -> None:
-    """Generate `batches` (lists of positions in `prompts`, whose token ids are `encoded` and whose row indices are
-    `rows`) and append each prediction to `path` as soon as it is made. `progress`: a progress bar on stderr when
-    it is a terminal."""
-    bar = tqdm(total=sum(len(batch) for batch in batches), desc="Generating", unit="summaries",
-               disable=None if progress else True)
-    with path.open("ab") as handle, bar:
-        if handle.tell() == 0:
-            handle.write((json.dumps({"run_key": run_key}) + "\n").encode("utf-8"))
-        last_sync = time.monotonic()
-        for j, text in decoding.iter_summaries(model, tokenizer, prompts, batches=batches, encoded=encoded):
-            index = rows[j]
-            line = json.dumps({"index": index, "id": ids[index], "prediction": text}, ensure_ascii=False)
-            handle.write((line + "\n").encode("utf-8"))
-            handle.flush()  # a killed process keeps every finished line
-            bar.update()
-            if time.monotonic() - last_sync > 1.0:  # a preempted machine keeps all but the last second
-                os.fsync(handle.fileno())
-                last_sync = time.monotonic()
-        os.fsync(handle.fileno())
-
-
-def generation_settings(eval_args: EvalArguments, training_args: SFTConfig, model_args: ModelConfig, prompt: Prompt,
-                        decoding: Decoding) -> dict:
-    """What decides the text a model generates for an article: evaluate.py and summarize.py key their outputs (reuse,
-    resume) by it."""
-    return {"model": model_args.model_name_or_path, "model_revision": model_args.model_revision,
-            "model_fingerprint": model_fingerprint(model_args.model_name_or_path),
-            "adapter": eval_args.adapter_path,
-            "adapter_fingerprint": eval_args.adapter_path and model_fingerprint(eval_args.adapter_path),
-            "dtype": model_args.dtype, "load_in_4bit": model_args.load_in_4bit,
-            "max_length": training_args.max_length, "prompt_hash": prompt.hash,
-            "article_budget": "max_length - max_new_tokens", **decoding.text_settings(),
-            "merge_adapter": eval_args.merge_adapter}  # rounds base + update once: not bit-identical
 
 
 def process_state(training_args: SFTConfig) -> PartialState:
@@ -364,9 +285,9 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
             predictions = [lead_sentence(article) for article in dataset["document"]]
         else:
             # the tokenizer's template puts BOS first where due
-            prompt = Prompt.load(eval_tokenizer(eval_args, training_args, model_args), data_args.instruction_path)
+            prompt = Prompt.load(generation_tokenizer(eval_args, training_args, model_args), data_args.instruction_path)
             prompt_hash = prompt.hash
-            decoding = Decoding.from_args(eval_args, training_args.seed)
+            decoding = eval_args.decoding
             settings |= generation_settings(eval_args, training_args, model_args, prompt, decoding)
         finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
         if finished is not None:

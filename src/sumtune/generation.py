@@ -439,8 +439,8 @@ def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
     return tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
 
 
-def plan_batches(lengths: list[int], max_new_tokens: int = 64, num_beams: int = 1, batch_size: int = 16,
-                 max_batch_tokens: int | None = None) -> list[list[int]]:
+def plan_batches(lengths: list[int], *, max_new_tokens: int, batch_size: int, max_batch_tokens: int | None,
+                 num_beams: int = 1) -> list[list[int]]:
     """The batches `iter_token_ids` generates, as lists of indices into `lengths` (prompt token counts)."""
     budget = None if max_batch_tokens is None else max_batch_tokens // num_beams  # each beam holds its own cache
     return list(token_budget_batches(lengths, max_new_tokens, batch_size, budget))
@@ -452,8 +452,8 @@ def batch_cost(lengths: list[int], batch: list[int], max_new_tokens: int) -> int
 
 
 @torch.inference_mode()
-def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
-                   batch_size: int = 16, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
+def iter_token_ids(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, num_beams: int = 1,
+                   batch_size: int, max_batch_tokens: int | None = None, min_new_tokens: int = 0,
                    batches: list[list[int]] | None = None, encoded: list[list[int]] | None = None,
                    cudnn_attention: bool = False, decode_attention: str = "matmul", cuda_graph: bool = True,
                    fuse_rotary: bool = True,
@@ -463,6 +463,8 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     `batches` (lists of indices into prompts) replaces the batching of `plan_batches`: data-parallel evaluation
     passes each process its share of the batches one process would make, so rows are generated in the same batches.
     `encoded`: the prompts' token ids when the caller already has them (`encode_prompts`).
+    Length and batch size have no defaults here: `decoding.Decoding` holds the project's (its `batching()`);
+    without `max_batch_tokens` batches are cut by rows alone.
     Greedy through `greedy_batch` unless num_beams > 1 or `generate_kwargs` are given (they go to `model.generate`,
     e.g. `cache_implementation="static"`). `cudnn_attention`: let SDPA use cuDNN (faster, not reproducible; see
     REPRODUCIBLE_ATTENTION). The switch is set only while a batch computes, never while the caller holds a row.
@@ -476,7 +478,8 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if batches is None:
-        batches = plan_batches([len(ids) for ids in encoded], max_new_tokens, num_beams, batch_size, max_batch_tokens)
+        batches = plan_batches([len(ids) for ids in encoded], max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               max_batch_tokens=max_batch_tokens, num_beams=num_beams)
     for batch in batches:
         greedy = num_beams == 1 and not generate_kwargs
         # The own greedy loop prefills right-padded rows (see greedy_batch); generate() continues from the last
@@ -495,20 +498,7 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
             yield i, ids[:ids.index(eos)] if eos in ids else ids
 
 
-def iter_summaries(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
-                   batch_size: int = 16, max_batch_tokens: int | None = None,
-                   **kwargs) -> Iterator[tuple[int, str]]:
+def iter_summaries(model, tokenizer, prompts: list[list[dict]], **kwargs) -> Iterator[tuple[int, str]]:
     """Yield (index into prompts, summary) batch by batch, in generation order. See `iter_token_ids`."""
-    for i, ids in iter_token_ids(model, tokenizer, prompts, max_new_tokens, num_beams, batch_size, max_batch_tokens,
-                                 **kwargs):
+    for i, ids in iter_token_ids(model, tokenizer, prompts, **kwargs):
         yield i, tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
-def generate_summaries(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, num_beams: int = 1,
-                       batch_size: int = 16, max_batch_tokens: int | None = None, **kwargs) -> list[str]:
-    """One summary per conversational prompt, in input order."""
-    outputs: list[str] = [""] * len(prompts)
-    for i, text in iter_summaries(model, tokenizer, prompts, max_new_tokens, num_beams, batch_size, max_batch_tokens,
-                                  **kwargs):
-        outputs[i] = text
-    return outputs

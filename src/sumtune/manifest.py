@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError
+from .layout import MANIFEST_FILE
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "rouge-score", "sumtune")
-MANIFEST_FILE = "manifest.json"
 TMP_SUFFIX = ".tmp"
 # A key ending in one of these names a credential (`hub_token`, `api_key`); the special tokens of a tokenizer do not.
 SECRET_KEY = re.compile(r"(^|_)(token|password|passwd|secret|api_key|access_key)$", re.IGNORECASE)

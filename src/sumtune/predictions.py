@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 from .config import ConfigError
+from .layout import PARTIAL_PREDICTIONS_FILE as PARTIAL_FILE
 from .stage import refusal, settings_changes
 
-PARTIAL_FILE = "predictions.partial.jsonl"
 PARTIAL_PREFIX = "predictions.partial"
 
 

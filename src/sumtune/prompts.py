@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
 
 DEFAULT_CHAT_TEMPLATE = "prompts/chat_template.jinja"
 

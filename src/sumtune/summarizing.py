@@ -1,6 +1,6 @@
 """summarize.py: one article to stdout, or many (a JSONL or CSV file, or a folder of .txt files) to a JSONL file
 through the batched generator, with the prompt and decoding of evaluate.py (`Prompt`, `Decoding`,
-`evaluation.generation_settings`).
+`inferring.generation_settings`).
 
 Many articles are resumable as evaluations are: summaries are appended to `<output_file>.partial` as they are made,
 headed by the settings that made them; a killed run started again with the same settings makes only the missing
@@ -19,8 +19,8 @@ from accelerate import PartialState
 
 from .config import ConfigError, DataArguments, EvalArguments
 from .decoding import Decoding
-from .evaluation import append_predictions, eval_tokenizer, generation_settings, load_eval_model
 from .generation import encode_prompts
+from .inferring import append_predictions, generation_settings, generation_tokenizer, load_generation_model
 from .manifest import rows_fingerprint, write_atomic
 from .predictions import load_partial
 from .preflight import check_adapter, check_model_source
@@ -105,8 +105,8 @@ def load_for_generation(eval_args: EvalArguments, training_args, model_args, dat
     check_model_source(model_args.model_name_or_path)
     if eval_args.adapter_path:
         check_adapter(eval_args.adapter_path, model_args.model_name_or_path)
-    prompt = Prompt.load(eval_tokenizer(eval_args, training_args, model_args), data_args.instruction_path)
-    return prompt, Decoding.from_args(eval_args, training_args.seed)
+    prompt = Prompt.load(generation_tokenizer(eval_args, training_args, model_args), data_args.instruction_path)
+    return prompt, eval_args.decoding
 
 
 def summarize_one(data_args, eval_args, training_args, model_args) -> str:
@@ -118,7 +118,7 @@ def summarize_one(data_args, eval_args, training_args, model_args) -> str:
     if messages is None:
         raise ConfigError(f"max_length={training_args.max_length} leaves no room for the prompt and "
                           f"max_new_tokens={decoding.max_new_tokens}: raise --max_length.")
-    model = load_eval_model(eval_args, model_args, PartialState())  # as evaluate.py loads it, adapter included
+    model = load_generation_model(eval_args, model_args, PartialState())  # as evaluate.py loads it, adapter included
     return decoding.generate(model, prompt.tokenizer, [messages])[0]
 
 
@@ -159,7 +159,7 @@ def summarize_many(data_args, eval_args, training_args, model_args) -> dict:
         todo = [prompts[i] for i in missing]
         encoded = encode_prompts(prompt.tokenizer, todo)
         batches = decoding.plan([len(e) for e in encoded])
-        model = load_eval_model(eval_args, model_args, PartialState())
+        model = load_generation_model(eval_args, model_args, PartialState())
         append_predictions(partial, run_key, ids, todo, missing, encoded, batches, prompt.tokenizer, decoding, model,
                            progress=True)
         done = load_partial(partial, run_key, ids, overwrite=False, flag="--output_file")

@@ -31,6 +31,7 @@ from .data import (
     save_prepared,
     subsample,
 )
+from .layout import ADAPTER_DIR, DATA_DIR, LOG_HISTORY_FILE, RUN_CONFIG_FILE
 from .manifest import (
     check_output_path,
     publish_dir,
@@ -66,10 +67,6 @@ from .stage import is_unfinished, refusal, reuse_or_make, settings_changes
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
-DATA_DIR = "data"
-RUN_CONFIG_FILE = "run_config.json"
-LOG_HISTORY_FILE = "log_history.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Settings that change what a resumed run computes: a checkpoint made with other values cannot be continued.
 RESUME_KEYS = {
@@ -324,12 +321,11 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
         else:
             # imported here: training alone needs no generation or rouge_score
             from .callbacks import RougeCallback
-            from .decoding import Decoding
 
             subset = subsample(dataset["validation"], eval_args.rouge_eval_samples, training_args.seed)
             # The recipe's decoding without MBR, which would multiply every evaluation's generation by its
             # candidates: the curve follows the model, evaluate.py scores the decoding.
-            decoding = dataclasses.replace(Decoding.from_args(eval_args, training_args.seed), mbr_candidates=1)
+            decoding = dataclasses.replace(eval_args.decoding, mbr_candidates=1)
             prompt = Prompt.load(trainer.processing_class, data_args.instruction_path)
             prompts = [prompt.for_generation(article, training_args.max_length, decoding.max_new_tokens)
                        for article in subset["document"]]
