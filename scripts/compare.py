@@ -8,7 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sumtune.evaluation import METRICS_FILE, format_table
+from sumtune.evaluation import format_table
+from sumtune.layout import METRICS_FILE
 from sumtune.manifest import write_atomic
 from sumtune.metrics import ROUGE_TYPES, rounded
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+from pathlib import Path
 
 from .config import ConfigError, parse_args
 
@@ -72,8 +74,9 @@ def evaluate(argv: list[str] | None = None, prog: str = "python evaluate.py") ->
 
     Run again with the same settings, it reuses the finished evaluation; `--overwrite_output_dir true` makes it anew.
     """
-    from .evaluation import METRICS_FILE, format_table
     from .evaluation import evaluate as run_evaluation
+    from .evaluation import format_table
+    from .layout import METRICS_FILE
 
     data_args, eval_args, training_args, model_args = parse_args(argv, "evaluate.py", prog, _describe(evaluate))
     metrics = run_evaluation(data_args, eval_args, training_args, model_args)
@@ -168,6 +171,98 @@ def publish(argv: list[str] | None = None, prog: str = "python publish.py") -> N
             print(f"Uploaded: {url}")
 
 
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "yes", "1", "false", "no", "0"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return text.lower() in ("true", "yes", "1")
+
+
+def _flags(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be split into flags ({err})") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def curve(argv: list[str] | None = None, prog: str = "python curve.py") -> None:
+    """The learning curve: ROUGE against training rows, projected to 2x and 4x the rows (would more rows pay?).
+
+    The recipe is trained on nested fractions of the prepared training rows, each adapter scored on the test rows.
+
+        make data RECIPE=recipes/smollm2-135m/demo-cpu.yaml OUTPUT_DIR=outputs/demo       # OUTPUT_DIR/data, once
+        python curve.py --config recipes/smollm2-135m/demo-cpu.yaml --output_dir outputs/demo
+        python curve.py --config recipes/phi-2/qlora.yaml --output_dir outputs/phi-2-xsum-qlora --fractions 1/4,1/2,1 \
+            --train_args="--max_steps -1 --num_train_epochs 2"
+
+    Writes OUTPUT_DIR/curve/ (one folder per size, curve.json, curve.png); `make report` then shows it. Run again with
+    the same settings, finished sizes are reused; `--overwrite_output_dir true` makes every size again.
+    """
+    parser = _parser(prog, curve)
+    parser.add_argument("--config", required=True, help="the recipe every size is trained and scored with")
+    parser.add_argument("--output_dir", required=True,
+                        help="the run folder: its data/ (from `make data`) is the source; the curve goes to curve/")
+    parser.add_argument("--data_dir", help="prepared data to take the rows from (default: OUTPUT_DIR/data)")
+    parser.add_argument("--fractions", default="1/8,1/4,1/2,1",
+                        help="fractions of the training rows, one size each (default: 1/8,1/4,1/2,1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the shuffle the nested sizes are taken from, and the bootstrap's (default: 0)")
+    parser.add_argument("--model_name_or_path", help="the base model (default: the recipe's)")
+    parser.add_argument("--train_args", type=_flags, default=[],
+                        help='more train.py flags for every size, e.g. --train_args="--learning_rate 1e-3"')
+    parser.add_argument("--eval_args", type=_flags, default=[],
+                        help='more evaluate.py flags for every size, e.g. --eval_args="--num_beams 4"')
+    parser.add_argument("--bootstrap_samples", type=_positive, default=1000,
+                        help="resamples of the test rows behind the projection's interval (default: 1000)")
+    parser.add_argument("--overwrite_output_dir", type=_boolean, default=False,
+                        help="true: make every size again instead of reusing finished ones")
+    args = parser.parse_args(argv)
+    from .curve import CURVE_FILE, CurveSpec, format_curve, parse_fractions, run_curve  # after the arguments
+
+    spec = CurveSpec(recipe=args.config, run_dir=args.output_dir, fractions=parse_fractions(args.fractions),
+                     data_dir=args.data_dir, seed=args.seed, model=args.model_name_or_path,
+                     train_args=args.train_args, eval_args=args.eval_args,
+                     bootstrap_samples=args.bootstrap_samples, overwrite=args.overwrite_output_dir)
+    result = run_curve(spec)
+    print(format_curve(result))
+    print(f"Learning curve written to {spec.folder / CURVE_FILE} with its plot; `make report` adds it to the run's "
+          "report.")
+
+
+def gguf(argv: list[str] | None = None, prog: str = "python export_gguf.py") -> None:
+    """Export a run's merged model as GGUF files for llama.cpp, Ollama and LM Studio (f16, q8_0, q4_k_m), with the
+    chat template, the stop token and an Ollama Modelfile; converted and quantized by llama.cpp's own tools.
+
+        python export_gguf.py --run_dir outputs/demo                      # outputs/demo/merged -> outputs/demo/gguf
+        python export_gguf.py --merged_dir path/to/model --output_dir path/to/gguf --types f16 q8_0
+    Needs the optional toolchain: `make install-gguf` (docs/gguf.md).
+    """
+    parser = _parser(prog, gguf)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run_dir", help="train.py's --output_dir: exports RUN_DIR/merged into RUN_DIR/gguf")
+    source.add_argument("--merged_dir", help="a merged model folder (then --output_dir is needed)")
+    parser.add_argument("--output_dir", help="where the GGUF files go (default: RUN_DIR/gguf)")
+    parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_k_m"], metavar="TYPE",
+                        help="GGUF types to write, of f16, q8_0, q4_k_m (default: all three)")
+    parser.add_argument("--overwrite_output_dir", default="false", choices=["true", "false"],
+                        help="replace an export made with other settings (default: false)")
+    args = parser.parse_args(argv)
+    if args.merged_dir and not args.output_dir:
+        parser.error("--merged_dir needs --output_dir")
+    from .gguf_export import export_gguf
+    from .layout import GGUF_DIR, MERGED_DIR
+
+    merged = Path(args.merged_dir) if args.merged_dir else Path(args.run_dir) / MERGED_DIR
+    output = Path(args.output_dir) if args.output_dir else Path(args.run_dir) / GGUF_DIR
+    path = export_gguf(merged, output, args.types, args.overwrite_output_dir == "true")
+    print(f"GGUF files in {path}")
+
+
 # `sumtune <name>`: the stages in pipeline order.
 COMMANDS = {"data": prepare_data, "train": train, "merge": merge, "eval": evaluate, "summarize": summarize,
-            "report": report, "publish": publish}
+            "report": report, "curve": curve, "gguf": gguf, "publish": publish}

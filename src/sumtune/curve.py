@@ -29,6 +29,7 @@ from datasets import DatasetDict
 
 from .config import ConfigError, RunError
 from .data import is_prepared, load_prepared, prepared_stats, reuse_prepared, save_prepared
+from .layout import CURVE_DIR, METRICS_FILE, read_json
 from .manifest import (
     check_output_path,
     device_name,
@@ -41,14 +42,13 @@ from .manifest import (
     write_atomic,
 )
 from .metrics import SCORES, rouge_per_example
-from .modelcard import METRICS_FILE, format_score, read_evaluation
+from .modelcard import format_score, read_evaluation
 from .report import read_rows
 from .stage import reuse_or_make
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]  # where the entry scripts train.py and evaluate.py live
-CURVE_DIR = "curve"
 CURVE_FILE = "curve.json"
 PLOT_FILE = "curve.png"
 POINT_FILE = "point.json"
@@ -197,11 +197,6 @@ def run_stage(command: list[str], log: Path, what: str) -> None:
         raise error(f"{what} failed: {cause.rstrip('.')} (its log: {log}).")
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
 
 
 def make_point(spec: CurveSpec, settings: dict, stats: dict, order: np.ndarray, rows: int) -> dict:

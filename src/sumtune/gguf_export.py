@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, RunError
+from .layout import GGUF_DIR, MERGED_DIR  # noqa: F401  (GGUF_DIR: OUTPUT_DIR/gguf, which `make publish` uploads)
 from .manifest import check_output_path, publish_dir, read_manifest, tmp_dir_for, write_manifest
 from .modelcard import MODELFILE_NAME
 from .stage import check_output_name, reuse_or_make
 
 logger = logging.getLogger(__name__)
 
-GGUF_DIR = "gguf"  # OUTPUT_DIR/gguf, which `make publish` uploads (publish.GGUF_FOLDER)
 # The architectures of the recipes, each checked in llama.cpp by tests/test_gguf.py; llama.cpp's converter knows
 # many more, but an export of one nobody ran here could be wrong in ways only a runtime shows.
 ARCHITECTURES = {"PhiForCausalLM": "Phi (Phi-2)", "LlamaForCausalLM": "Llama (SmolLM2)",
@@ -52,7 +52,7 @@ def file_name(model_name: str, gguf_type: str) -> str:
 def model_name(merged_dir: Path) -> str:
     """The run's folder name for `OUTPUT_DIR/merged`, else the model folder's own name."""
     merged_dir = merged_dir.resolve()
-    return merged_dir.parent.name if merged_dir.name == "merged" else merged_dir.name
+    return merged_dir.parent.name if merged_dir.name == MERGED_DIR else merged_dir.name
 
 
 def check_types(types) -> list[str]:

@@ -36,9 +36,12 @@ CARD_FILE = "README.md"
 
 
 def read_json(path: str | Path):
-    """A JSON file's content, or None when the file is absent."""
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """A JSON file's content, or None when the file is absent or unreadable (a folder from another tool or version
+    lacks the file; readers then fall back to what else the folder holds)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
 
 from trl import ModelConfig
 
+from .layout import LOG_HISTORY_FILE, RUN_CONFIG_FILE, read_json
 from .manifest import publish_dir, read_manifest, tmp_dir_for, write_manifest
 from .modelcard import write_model_card
 from .modeling import dequantize_4bit_linears, load_model, load_tokenizer, merge_adapter_weights, resolve_dtype
@@ -100,13 +100,11 @@ def merge_adapter(model_args: ModelConfig, adapter_path: str | None, output_dir:
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    for name in ("chat_template.jinja", "instruction.txt", "run_config.json", "log_history.json"):
+    for name in ("chat_template.jinja", "instruction.txt", RUN_CONFIG_FILE, LOG_HISTORY_FILE):
         if (Path(adapter_path) / name).is_file():
             shutil.copy(Path(adapter_path) / name, tmp / name)
     adapter_manifest = read_manifest(adapter_path) or {}
-    config = None
-    if (Path(adapter_path) / "run_config.json").is_file():
-        config = json.loads((Path(adapter_path) / "run_config.json").read_text())
+    config = read_json(Path(adapter_path) / RUN_CONFIG_FILE)
     write_manifest(tmp, config=config, base_model=model_args.model_name_or_path, adapter=str(adapter_path),
                    dtype=model_args.dtype, dataset_fingerprint=adapter_manifest.get("dataset_fingerprint"),
                    prompt_hash=adapter_manifest.get("prompt_hash"), adapter_manifest=adapter_manifest or None,

@@ -16,14 +16,13 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import ConfigError
+from .layout import CARD_FILE, LOG_HISTORY_FILE, METRICS_FILE, RUN_CONFIG_FILE, STATS_FILE, read_json
 from .manifest import read_manifest, write_atomic
 from .metrics import SCORES
 from .preflight import HUB_ID
 
 logger = logging.getLogger(__name__)
 
-CARD_FILE = "README.md"
-METRICS_FILE = "metrics.json"
 # The recipe keys a reader needs to reproduce or judge the run, in reading order.
 RECIPE_KEYS = {
     "data": ("dataset_name", "dataset_config", "max_train_samples"),
@@ -105,9 +104,9 @@ def hub_id(name: str | None) -> str | None:
 
 def source_dataset(path: str | None) -> str | None:
     """The dataset a prepared folder was made from (recorded in its stats.json), else `path` itself."""
-    if path and (Path(path) / "stats.json").is_file():
+    if path and (Path(path) / STATS_FILE).is_file():
         try:
-            return json.loads((Path(path) / "stats.json").read_text()).get("dataset_name") or path
+            return read_json(Path(path) / STATS_FILE).get("dataset_name") or path
         except (OSError, json.JSONDecodeError):
             return path
     return path
@@ -128,13 +127,6 @@ def base_license(base_model: str | None) -> str | None:
     try:
         return ModelCard.load(card).data.license
     except Exception:  # a base card we cannot parse only costs the license line
-        return None
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -190,9 +182,9 @@ def write_model_card(folder: str | Path, kind: str, published: str | Path | None
     folder = Path(folder)
     published = Path(published or folder)
     manifest = read_manifest(folder) or {}
-    config = _read_json(folder / "run_config.json") or manifest.get("config") or {}
+    config = read_json(folder / RUN_CONFIG_FILE) or manifest.get("config") or {}
     data_cfg, model_cfg = (config.get(k) or {} for k in ("data", "model"))
-    history = _read_json(folder / "log_history.json") or []
+    history = read_json(folder / LOG_HISTORY_FILE) or []
     base = manifest.get("base_model") or model_cfg.get("model_name_or_path")
     adapter_manifest = manifest.get("adapter_manifest") or manifest
     dataset = source_dataset(adapter_manifest.get("dataset") or data_cfg.get("dataset_name"))

@@ -19,15 +19,15 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .config import ConfigError, RunError
-from .modelcard import CARD_FILE
+from .layout import ADAPTER_DIR, CARD_FILE, GGUF_DIR, MERGED_DIR
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_REPO_SUFFIX = "-adapter"
 # Each run folder, the `make` target that writes it, and the repository it goes to (a suffix to HUB_REPO).
-FOLDERS = {"merged": ("make merge", ""), "adapter": ("make train", ADAPTER_REPO_SUFFIX)}
-# Uploaded when the run has it: the GGUF files of `make gguf` (sumtune.gguf_export.GGUF_DIR).
-GGUF_FOLDER, GGUF_REPO_SUFFIX = "gguf", "-GGUF"
+FOLDERS = {MERGED_DIR: ("make merge", ""), ADAPTER_DIR: ("make train", ADAPTER_REPO_SUFFIX)}
+# Uploaded when the run has it: the GGUF files of `make gguf` (layout.GGUF_DIR).
+GGUF_REPO_SUFFIX = "-GGUF"
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,8 @@ def plan_uploads(run_dir: str | Path, hub_repo: str | None, token: str | None, d
             problems.append(problem)
         elif hub_repo:
             uploads.append(Upload(folder, hub_repo + suffix, list_files(folder)))
-    if (run_dir / GGUF_FOLDER).is_dir() and hub_repo and not problems:
-        uploads.append(Upload(run_dir / GGUF_FOLDER, hub_repo + GGUF_REPO_SUFFIX, list_files(run_dir / GGUF_FOLDER)))
+    if (run_dir / GGUF_DIR).is_dir() and hub_repo and not problems:
+        uploads.append(Upload(run_dir / GGUF_DIR, hub_repo + GGUF_REPO_SUFFIX, list_files(run_dir / GGUF_DIR)))
     if not dry_run and not token:
         problems.append("No Hugging Face token: set HF_TOKEN to a token with write access (hub settings > Access "
                         "Tokens) or log in once with `hf auth login`; DRY_RUN=1 lists the uploads without one.")

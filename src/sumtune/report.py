@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import ConfigError
 from .data import is_prepared, load_prepared
+from .layout import ADAPTER_DIR, LOG_HISTORY_FILE, MERGED_DIR, PREDICTIONS_FILE, REPORT_DIR, read_json
 from .manifest import publish_dir, read_manifest, tmp_dir_for, write_atomic
 from .metrics import rouge_per_example
 from .modelcard import (
@@ -31,8 +32,6 @@ from .modelcard import (
 
 logger = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
-PREDICTIONS_FILE = "predictions.jsonl"
 ARTICLE_START = 400  # characters of the article shown beside each example
 
 
@@ -61,10 +60,10 @@ def read_rows(ev: Evaluation) -> list[dict]:
 
 def load_history(run_dir: Path) -> list[dict]:
     """The trainer's log history saved beside the adapter (merge.py copies it beside the merged model)."""
-    for folder in ("adapter", "merged"):
-        path = run_dir / folder / "log_history.json"
-        if path.is_file():
-            return json.loads(path.read_text())
+    for folder in (ADAPTER_DIR, MERGED_DIR):
+        history = read_json(run_dir / folder / LOG_HISTORY_FILE)
+        if history is not None:
+            return history
     return []
 
 
@@ -201,7 +200,7 @@ def write_report(run_dir: str | Path, evaluations: list[Evaluation], output_dir:
     if not evaluations:
         raise ConfigError("No evaluation given: pass NAME=EVAL_DIR pairs, e.g. finetuned=OUTPUT_DIR/eval/merged.")
     output_dir = Path(output_dir) if output_dir else run_dir / REPORT_DIR
-    adapter, merged = run_dir / "adapter", run_dir / "merged"
+    adapter, merged = run_dir / ADAPTER_DIR, run_dir / MERGED_DIR
     model = (evaluation_of(merged, evaluations) or evaluation_of(adapter, evaluations)
              or next((ev for ev in evaluations if ev.metrics.get("mode") == "model"), evaluations[0]))
     rows = {ev.name: read_rows(ev) for ev in evaluations}
