@@ -10,7 +10,7 @@ from conftest import ARTICLES, ROOT, make_rows, write_jsonl
 
 import sumtune.decoding as decoding_module
 from sumtune import summarizing
-from sumtune.config import parse_args
+from sumtune.config import ConfigError, parse_args
 from sumtune.decoding import Decoding, mbr_select
 from sumtune.evaluation import evaluate
 from sumtune.metrics import pairwise_rouge
@@ -136,6 +136,19 @@ def test_summarize_many_reports_bad_rows_keeps_order_and_resumes(tiny_model_dir,
     assert [r["summary"] for r in resumed[:3] + resumed[4:]] == [r["summary"] for r in written[:3] + written[4:]]
 
 
+def test_summarize_many_reuses_a_finished_file_and_refuses_other_settings(tiny_model_dir, tmp_path, in_repo,
+                                                                         monkeypatch):
+    source = write_jsonl(tmp_path / "articles.jsonl", [{"id": "a", "document": ARTICLES[0][0]}])
+    out = tmp_path / "summaries.jsonl"
+    args = tiny_args(tiny_model_dir, "--input_file", str(source), "--output_file", str(out), "--max_new_tokens", "6")
+    first = summarize_many(*parse_args(args, script="summarize.py"))
+    assert (tmp_path / "summaries.jsonl.manifest.json").is_file()  # the settings that made it, beside it
+    monkeypatch.setattr(summarizing, "append_predictions", lambda *a, **k: pytest.fail("generated again"))
+    assert summarize_many(*parse_args(args, script="summarize.py")) == first
+    with pytest.raises(ConfigError, match=r"summaries made with other settings \(max_new_tokens: 6 -> 7\)"):
+        summarize_many(*parse_args([*args, "--max_new_tokens", "7"], script="summarize.py"))
+
+
 def test_summarize_many_reads_csv_and_folders(tiny_model_dir, tmp_path, in_repo):
     csv_file = tmp_path / "articles.csv"
     csv_file.write_text('id,text\nx,"' + ARTICLES[0][0].replace("\n", " ") + '"\ny,"' + ARTICLES[1][0] + '"\n')
@@ -166,7 +179,7 @@ def test_summarize_many_refuses_bad_input_with_one_line(tiny_model_dir, tmp_path
     assert result.returncode != 0 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    expected = {"no_column": "--text_column", "no_output_file": "--output_file", "exists": "already exists"}[case]
+    expected = {"no_column": "--text_column", "no_output_file": "--output_file", "exists": "already holds files"}[case]
     assert expected in errors[0]
     if case != "exists":
         assert not out.exists()

@@ -248,12 +248,22 @@ def check_inputs(data_args: DataArguments, eval_args: EvalArguments, training_ar
     return "model"
 
 
+@dataclasses.dataclass
+class Scored:
+    """What one mode of evaluate() hands to the shared tail that scores and writes it."""
+
+    rows: list[dict]  # {"id", "prediction", "reference"}
+    dataset_fingerprint: str
+    prompt_hash: str | None = None
+    timing: dict | None = None  # the generation's rows, seconds and summaries/s (model mode)
+    metrics: dict = dataclasses.field(default_factory=dict)  # more fields for metrics.json
+
+
 def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig,
              model_args: ModelConfig) -> dict | None:
-    """Write predictions.jsonl, manifest.json and metrics.json to output_dir and return the metrics.
-
-    Under several processes only the main one writes them and returns the metrics; the others return None.
-    """
+    """Write predictions.jsonl, manifest.json and metrics.json to output_dir and return the metrics: of a model's
+    summaries, of lead-1, or of a predictions file (`check_inputs` names the mode). A finished evaluation with the same
+    settings is returned as it is. Under several processes only the main one writes and returns; the others None."""
     output_dir = Path(training_args.output_dir)
     state = process_state(training_args)
     mode = check_inputs(data_args, eval_args, training_args, model_args)
@@ -263,50 +273,79 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
     check_output_path(output_dir)
     settings = {"mode": mode, "eval_split": eval_args.eval_split, "dataset": data_args.dataset_name}
     scoring = {"bootstrap_samples": eval_args.bootstrap_samples, "seed": training_args.seed}
-    timing = None
     if mode == "predictions_file":
-        rows = read_predictions(eval_args.predictions_file)
-        settings |= {"predictions_file": eval_args.predictions_file,
-                     "predictions_hash": file_hash(eval_args.predictions_file)}
-        dataset_fingerprint, prompt_hash = rows_fingerprint(rows), None
-        finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
-        if finished is not None:
-            return finished
+        scored = score_predictions_file(eval_args, settings, scoring, output_dir)
+    elif mode == "lead":
+        scored = score_lead(data_args, eval_args, training_args, settings, scoring, output_dir, state)
     else:
-        # Under several processes one fills the datasets cache, the others then read it.
-        with state.main_process_first() if mode == "model" else contextlib.nullcontext():
-            dataset, prepared = load_eval_rows(data_args, eval_args, training_args.seed,
-                                               training_args.max_length if mode == "model" else None)
-        dataset_fingerprint = rows_fingerprint({"id": r["id"], "document": r["document"], "summary": r["summary"]}
-                                               for r in dataset)
-        settings["dataset_fingerprint"] = dataset_fingerprint
-        prompt_hash = decoding = None
-        if mode == "lead":
-            predictions = [lead_sentence(article) for article in dataset["document"]]
-        else:
-            # the tokenizer's template puts BOS first where due
-            prompt = Prompt.load(generation_tokenizer(eval_args, training_args, model_args), data_args.instruction_path)
-            prompt_hash = prompt.hash
-            decoding = eval_args.decoding
-            settings |= generation_settings(eval_args, training_args, model_args, prompt, decoding)
-        finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
-        if finished is not None:
-            return finished if state.is_main_process else None
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if mode == "model":
-            generated = generate_missing(dataset, prompt, decoding, eval_args, training_args, model_args, output_dir,
-                                         settings, state)
-            if generated is None:
-                return None  # the main process merges every process's predictions and writes the files
-            predictions, timing = generated
-        rows = [{"id": str(i), "prediction": p, "reference": r}
-                for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=True)]
+        scored = score_model(data_args, eval_args, training_args, model_args, settings, scoring, output_dir, state)
+    if not isinstance(scored, Scored):
+        return scored  # a finished evaluation's metrics, or None for a process that writes nothing
+    return write_evaluation(scored, mode, settings, scoring, output_dir, (data_args, eval_args, training_args,
+                                                                          model_args))
+
+
+def score_predictions_file(eval_args: EvalArguments, settings: dict, scoring: dict, output_dir: Path):
+    rows = read_predictions(eval_args.predictions_file)
+    settings |= {"predictions_file": eval_args.predictions_file,
+                 "predictions_hash": file_hash(eval_args.predictions_file)}
+    finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
+    return finished if finished is not None else Scored(rows, rows_fingerprint(rows))
+
+
+def eval_dataset(data_args: DataArguments, eval_args: EvalArguments, training_args: SFTConfig, mode: str,
+                 state: PartialState, settings: dict):
+    """The rows to score, and their fingerprint (recorded in `settings`)."""
+    # Under several processes one fills the datasets cache, the others then read it.
+    with state.main_process_first() if mode == "model" else contextlib.nullcontext():
+        dataset, _ = load_eval_rows(data_args, eval_args, training_args.seed,
+                                    training_args.max_length if mode == "model" else None)
+    settings["dataset_fingerprint"] = rows_fingerprint({"id": r["id"], "document": r["document"],
+                                                        "summary": r["summary"]} for r in dataset)
+    return dataset, settings["dataset_fingerprint"]
+
+
+def paired(dataset, predictions: list[str]) -> list[dict]:
+    return [{"id": str(i), "prediction": p, "reference": r}
+            for i, p, r in zip(dataset["id"], predictions, dataset["summary"], strict=True)]
+
+
+def score_lead(data_args, eval_args, training_args, settings: dict, scoring: dict, output_dir: Path, state):
+    dataset, fingerprint = eval_dataset(data_args, eval_args, training_args, "lead", state, settings)
+    finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
+    if finished is not None:
+        return finished
+    return Scored(paired(dataset, [lead_sentence(article) for article in dataset["document"]]), fingerprint)
+
+
+def score_model(data_args, eval_args, training_args, model_args, settings: dict, scoring: dict, output_dir: Path,
+                state):
+    dataset, fingerprint = eval_dataset(data_args, eval_args, training_args, "model", state, settings)
+    # the tokenizer's template puts BOS first where due
+    prompt = Prompt.load(generation_tokenizer(eval_args, training_args, model_args), data_args.instruction_path)
+    decoding = eval_args.decoding
+    settings |= generation_settings(eval_args, training_args, model_args, prompt, decoding)
+    finished = finished_evaluation(output_dir, settings, scoring, eval_args.overwrite_output_dir)
+    if finished is not None:
+        return finished if state.is_main_process else None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    generated = generate_missing(dataset, prompt, decoding, eval_args, training_args, model_args, output_dir,
+                                 settings, state)
+    if generated is None:
+        return None  # the main process merges every process's predictions and writes the files
+    predictions, timing = generated
+    return Scored(paired(dataset, predictions), fingerprint, prompt.hash, timing,
+                  {"model": model_args.model_name_or_path, "adapter": eval_args.adapter_path,
+                   **decoding.text_settings()})
+
+
+def write_evaluation(scored: Scored, mode: str, settings: dict, scoring: dict, output_dir: Path, args) -> dict:
+    """The tail every mode shares: ROUGE with intervals, then predictions, manifest and (last) metrics written."""
+    data_args, eval_args, training_args, model_args = args
+    rows = scored.rows
     metrics = rounded(compute_rouge([r["prediction"] for r in rows], [r["reference"] for r in rows],
                                     eval_args.bootstrap_samples, training_args.seed))
-    metrics["mode"] = mode
-    if mode == "model":
-        metrics |= {"model": model_args.model_name_or_path, "adapter": eval_args.adapter_path,
-                    **decoding.text_settings()}
+    metrics |= {"mode": mode, **scored.metrics}
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / METRICS_FILE).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
     write_atomic(output_dir / PREDICTIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -314,8 +353,8 @@ def evaluate(data_args: DataArguments, eval_args: EvalArguments, training_args: 
               "model": dataclasses.asdict(model_args), "training": training_config(training_args)}
     # `generation`: rows generated by this run, wall seconds from every model loaded to the last row, summaries/s.
     write_manifest(output_dir, settings=settings, scoring=scoring, config=redact(config),
-                   dataset_fingerprint=dataset_fingerprint, prompt_hash=prompt_hash, num_rows=len(rows),
-                   generation=timing)
+                   dataset_fingerprint=scored.dataset_fingerprint, prompt_hash=scored.prompt_hash,
+                   num_rows=len(rows), generation=scored.timing)
     # metrics.json last: its presence marks a complete evaluation.
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     for path in partial_files(output_dir):

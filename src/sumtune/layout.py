@@ -35,6 +35,12 @@ PARTIAL_PREDICTIONS_FILE = "predictions.partial.jsonl"
 CARD_FILE = "README.md"
 
 
+def file_manifest(path: str | Path) -> Path:
+    """The manifest of an output that is one file (summarize.py's --output_file): beside it, `<name>.manifest.json`."""
+    path = Path(path)
+    return path.with_name(path.name + "." + MANIFEST_FILE)
+
+
 def read_json(path: str | Path):
     """A JSON file's content, or None when the file is absent or unreadable (a folder from another tool or version
     lacks the file; readers then fall back to what else the folder holds)."""

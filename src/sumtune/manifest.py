@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError
-from .layout import MANIFEST_FILE
+from .layout import MANIFEST_FILE, read_json
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "rouge-score", "sumtune")
 TMP_SUFFIX = ".tmp"
@@ -173,6 +173,11 @@ def publish_dir(tmp: str | Path, path: str | Path) -> Path:
 
 def write_manifest(folder: str | Path, **fields) -> Path:
     """Write manifest.json into `folder` with the common provenance plus the given fields (`config` redacted)."""
+    return write_manifest_file(Path(folder) / MANIFEST_FILE, **fields)
+
+
+def write_manifest_file(path: str | Path, **fields) -> Path:
+    """A manifest at `path`: for an output that is one file, beside it (layout.file_manifest)."""
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
@@ -183,12 +188,8 @@ def write_manifest(folder: str | Path, **fields) -> Path:
     if "config" in fields:
         fields["config"] = redact(fields["config"])
     manifest |= fields
-    return write_atomic(Path(folder) / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str) + "\n")
+    return write_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def read_manifest(folder: str | Path) -> dict | None:
-    path = Path(folder) / MANIFEST_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    return read_json(Path(folder) / MANIFEST_FILE)

@@ -21,10 +21,12 @@ from .config import ConfigError, DataArguments, EvalArguments
 from .decoding import Decoding
 from .generation import encode_prompts
 from .inferring import append_predictions, generation_settings, generation_tokenizer, load_generation_model
-from .manifest import rows_fingerprint, write_atomic
+from .layout import file_manifest, read_json, read_jsonl
+from .manifest import rows_fingerprint, write_atomic, write_manifest_file
 from .predictions import load_partial
 from .preflight import check_adapter, check_model_source
 from .prompts import Prompt
+from .stage import check_output_name, reuse_or_make
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +129,17 @@ def summarize_many(data_args, eval_args, training_args, model_args) -> dict:
     output = Path(eval_args.output_file)
     if output.is_dir() or output.suffix.lower() != ".jsonl":
         raise ConfigError(f"--output_file {output} must name a .jsonl file.")
-    if output.exists() and not eval_args.overwrite_output_dir:
-        raise ConfigError(f"{output} already exists: pass --overwrite_output_dir true to replace it, or another "
-                          "--output_file.")
+    check_output_name(output, "--output_file")
     rows = read_articles(eval_args.input_file, data_args)
     prompt, decoding = load_for_generation(eval_args, training_args, model_args, data_args)
+    run_key = generation_settings(eval_args, training_args, model_args, prompt, decoding) | {
+        "input": rows_fingerprint({"id": r["id"], "text": r["text"]} for r in rows)}
+    # The stage rule, as for every output: the same settings reuse a finished file, others are refused.
+    made_with = (read_json(file_manifest(output)) or {}).get("settings") if output.is_file() else None
+    if reuse_or_make(output, "summaries", made_with, run_key, eval_args.overwrite_output_dir,
+                     occupied=output.exists(), flag="--output_file"):
+        return summary_counts(output)
+    output.unlink(missing_ok=True)  # replaced: until the new file is complete there is none
     ids = [r["id"] for r in rows]
     errors = {}
     prompts = {}
@@ -146,8 +154,6 @@ def summarize_many(data_args, eval_args, training_args, model_args) -> dict:
             prompts[index] = messages
     for index, error in errors.items():
         logger.warning("Row %s: %s; it is written with `summary` null and this `error`.", ids[index], error)
-    run_key = generation_settings(eval_args, training_args, model_args, prompt, decoding) | {
-        "input": rows_fingerprint({"id": r["id"], "text": r["text"]} for r in rows)}
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     done = load_partial(partial, run_key, ids, overwrite=eval_args.overwrite_output_dir, flag="--output_file")
@@ -168,6 +174,14 @@ def summarize_many(data_args, eval_args, training_args, model_args) -> dict:
         record = ({"id": row_id, "summary": done[index]} if index in done
                   else {"id": row_id, "summary": None, "error": errors.get(index, "not generated")})
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    write_atomic(output, "".join(lines))
+    write_manifest_file(file_manifest(output), settings=run_key, num_rows=len(rows))
+    write_atomic(output, "".join(lines))  # last: a finished file always has its manifest
     partial.unlink(missing_ok=True)
     return {"rows": len(rows), "summaries": len(done), "errors": len(rows) - len(done)}
+
+
+def summary_counts(output: Path) -> dict:
+    """The counts summarize_many returns, read back from a finished output file."""
+    records = read_jsonl(output)
+    made = sum(record.get("summary") is not None for record in records)
+    return {"rows": len(records), "summaries": made, "errors": len(records) - made}
