@@ -27,6 +27,7 @@ import torch
 from common import append_rows, run_context, timed
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
+from sumtune import patches
 from sumtune.data import fit_to_budget
 from sumtune.generation import DECODE_ATTENTION, SlotCache, iter_token_ids, matmul_decode_supported
 from sumtune.modeling import FUSED_ACTIVATIONS, load_tokenizer
@@ -136,7 +137,7 @@ def build_model(args, device: str, dtype: torch.dtype | None = None, fused_act: 
     `sumtune.modeling.load_model` gives the model that evaluate.py runs (the same weights; stock scripts keep
     Phi-2's Python-op gelu_new)."""
     config = build_config(args, args.vocab_size)
-    if fused_act and getattr(config, "hidden_act", None) in FUSED_ACTIVATIONS:
+    if fused_act and getattr(config, "hidden_act", None) in FUSED_ACTIVATIONS and patches.enabled("fused_gelu"):
         config.hidden_act = FUSED_ACTIVATIONS[config.hidden_act]
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     if has_weights(args):

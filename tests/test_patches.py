@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from conftest import ROOT
 from transformers import AutoModelForCausalLM
 
 from sumtune import patches
@@ -137,6 +138,31 @@ def _rank_interleaved(model_dir):
     return type(trainer._get_train_sampler()).__name__
 
 
+def _slot_cache_greedy(model_dir):
+    from sumtune import generation
+    from sumtune.modeling import load_tokenizer
+
+    calls = []
+    own_loop = generation.greedy_batch
+    generation.greedy_batch = lambda *a, **k: calls.append(1) or own_loop(*a, **k)
+    try:
+        tokenizer = load_tokenizer(str(model_dir), str(ROOT / "prompts" / "chat_template.jinja"))
+        rows = [[{"role": "user", "content": "Roads were flooded."}]]
+        dict(generation.iter_token_ids(_tiny(model_dir), tokenizer, rows, max_new_tokens=2, batch_size=1))
+    finally:
+        generation.greedy_batch = own_loop
+    return bool(calls)
+
+
+def _lora_merge(model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from sumtune.modeling import merge_adapter_weights
+
+    model = get_peft_model(_tiny(model_dir), LoraConfig(r=2, target_modules=["q_proj"]))
+    return type(merge_adapter_weights(model)).__name__
+
+
 # patch name -> (its site, observed; what the patch gives; what the stock path gives)
 SITES = {
     "phi_rotary": (_phi_rotary, 2, 0),
@@ -148,6 +174,8 @@ SITES = {
     "compiled_decoder_layers": (_compiled_layers, 2, 0),
     "causal_only_training_attention": (_causal_only, 1, 0),
     "rank_interleaved_sampler": (_rank_interleaved, "RankInterleavedSampler", "LengthGroupedSampler"),
+    "slot_cache_greedy": (_slot_cache_greedy, True, False),
+    "lora_merge_in_memory": (_lora_merge, "PhiForCausalLM", "PeftModel"),
 }
 
 
@@ -191,9 +219,10 @@ def test_changed_upstream_code_falls_back_like_a_newer_version(tiny_model_dir, m
     assert _phi_rotary(tiny_model_dir) == 2
 
 
-def test_fenced_generation_equals_stock_generate(tiny_model_dir, tiny_tokenizer, monkeypatch, caplog):
-    """With newer libraries the greedy loop decodes through the model's own attention and class forwards, and gives
-    stock generate()'s tokens."""
+@pytest.mark.parametrize("force", ["", "slot_cache_greedy"])
+def test_fenced_generation_equals_stock_generate(force, tiny_model_dir, tiny_tokenizer, monkeypatch, caplog):
+    """With newer libraries greedy decoding goes through stock generate(); with the loop forced it decodes through the
+    model's own attention and class forwards. Both give stock generate()'s tokens."""
     from sumtune.generation import encode_prompts, iter_token_ids
     from sumtune.prompts import build_messages
 
@@ -201,9 +230,12 @@ def test_fenced_generation_equals_stock_generate(tiny_model_dir, tiny_tokenizer,
     rows = [build_messages(f"Article number {i} about the council and the cycle path.", "")["prompt"]
             for i in range(3)]
     newer_libraries(monkeypatch)
+    monkeypatch.setenv(patches.FORCE_ENV, force)
     with caplog.at_level(logging.WARNING, logger=patches.__name__):
         fenced = dict(iter_token_ids(model, tiny_tokenizer, rows, max_new_tokens=8, batch_size=3))
-    assert sorted(w.split("`")[1] for w in fence_warnings(caplog)) == ["phi_rotary", "slot_decode_attention"]
+    warned = sorted(w.split("`")[1] for w in fence_warnings(caplog))
+    assert warned == (["slot_cache_greedy"] if not force else ["phi_rotary", "slot_cache_greedy",
+                                                                 "slot_decode_attention"])
     assert all("forward" not in vars(layer.self_attn) for layer in model.model.layers)
     eos = tiny_tokenizer.eos_token_id
     for i, ids in enumerate(encode_prompts(tiny_tokenizer, rows)):

@@ -67,8 +67,7 @@ def _scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 # Attention classes whose forward hands decode_attention_forward everything it must know: rotary applied, the
 # SlotCache's keys, `scaling`, and for sliding layers `sliding_window`. A class outside this set could pass more
 # (attention sinks, softcapping, ALiBi) that the matmul path would silently drop.
-MATMUL_DECODE_ATTENTION = frozenset({"PhiAttention", "LlamaAttention", "MistralAttention", "Qwen2Attention",
-                                     "Qwen3Attention", "Gemma3Attention"})
+MATMUL_DECODE_ATTENTION = frozenset(patches.DECODE_ATTENTION_CLASSES)
 LAYER_TYPES = ("full_attention", "sliding_attention")  # what the loop's masks and SlotCache can express
 
 
@@ -481,7 +480,8 @@ def iter_token_ids(model, tokenizer, prompts: list[list[dict]], *, max_new_token
         batches = plan_batches([len(ids) for ids in encoded], max_new_tokens=max_new_tokens, batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, num_beams=num_beams)
     for batch in batches:
-        greedy = num_beams == 1 and not generate_kwargs
+        # The own loop only where its transformers conventions were checked (patches: slot_cache_greedy)
+        greedy = num_beams == 1 and not generate_kwargs and patches.enabled("slot_cache_greedy")
         # The own greedy loop prefills right-padded rows (see greedy_batch); generate() continues from the last
         # position, so it takes left padding (it derives position_ids from the attention mask).
         inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding_side="right" if greedy else "left",

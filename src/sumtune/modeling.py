@@ -245,6 +245,8 @@ def merge_adapter_weights(model):
     import bitsandbytes as bnb
     from peft.tuners.lora import LoraLayer
 
+    if not patches.enabled("lora_merge_in_memory"):
+        return model  # the stock path: generation through the LoRA layers (the warning names why)
     count = 0
     for module in model.modules():
         if not isinstance(module, LoraLayer):

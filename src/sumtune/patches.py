@@ -47,12 +47,16 @@ class Patch:
     site: str
 
 
-_ATTENTION_FORWARDS = tuple(f"transformers.models.{module}:{cls}.forward" for module, cls in (
-    ("phi.modeling_phi", "PhiAttention"), ("llama.modeling_llama", "LlamaAttention"),
-    ("mistral.modeling_mistral", "MistralAttention"), ("qwen2.modeling_qwen2", "Qwen2Attention"),
-    ("qwen3.modeling_qwen3", "Qwen3Attention"), ("gemma3.modeling_gemma3", "Gemma3Attention")))
+# The attention classes whose forward hands generation.decode_attention_forward everything it must know (rotary
+# applied, the SlotCache's keys, `scaling`, for sliding layers `sliding_window`): the one list, with their modules.
+DECODE_ATTENTION_CLASSES = {"PhiAttention": "phi.modeling_phi", "LlamaAttention": "llama.modeling_llama",
+                            "MistralAttention": "mistral.modeling_mistral", "Qwen2Attention": "qwen2.modeling_qwen2",
+                            "Qwen3Attention": "qwen3.modeling_qwen3", "Gemma3Attention": "gemma3.modeling_gemma3"}
+_ATTENTION_FORWARDS = tuple(f"transformers.models.{module}:{cls}.forward"
+                            for cls, module in DECODE_ATTENTION_CLASSES.items())
 
 # Checked on: transformers 5.17.0 (GPU image) and 5.23.0 (requirements/lock.txt); TRL 1.16.0; bitsandbytes 0.50.2;
+# peft 0.21.0 (GPU image) and 0.21.2;
 # torch 2.11.0 (GPU image) and 2.13.0 (CPU). A range runs from the oldest to the newest version checked; versions
 # between them pass only where the upstream code hashes to a recorded fingerprint.
 PATCHES = {patch.name: patch for patch in (
@@ -100,6 +104,19 @@ PATCHES = {patch.name: patch for patch in (
           frozenset({"4f7f0a062dd2df0a"}),
           "modeling.causal_attention_for_right_padded_training: drops the padding mask of TRL's right-padded "
           "training batches; stock: the mask is kept"),
+    Patch("slot_cache_greedy", {"transformers": ">=5.17,<5.24"},
+          ("transformers.cache_utils:DynamicCache.__init__", "transformers.cache_utils:Cache.get_seq_length",
+           "transformers.masking_utils:create_causal_mask",
+           "transformers.masking_utils:create_sliding_window_causal_mask"),
+          frozenset({"51d789debf7f3661", "5a40462ba361341e"}),  # 5.23, 5.17
+          "generation.greedy_batch: its own greedy loop over a SlotCache (a DynamicCache subclass the mask helpers "
+          "see as empty at prefill) with prepared 4D masks per layer type (decode_masks); stock: model.generate()"),
+    Patch("lora_merge_in_memory", {"peft": ">=0.21,<0.22"},
+          ("peft.tuners.lora.layer:Linear.get_delta_weight", "peft.tuners.lora.bnb:Linear4bit.get_delta_weight",
+           "peft.tuners.tuners_utils:BaseTuner._unload_and_optionally_merge"),
+          frozenset({"e9b5a27388b695cd"}),  # 0.21.0 and 0.21.2 alike
+          "modeling.merge_adapter_weights (--merge_adapter): PEFT's per-layer update added to the base weight, then "
+          "PEFT's unload; stock: generation through the LoRA layers (slower, the same adapter)"),
     Patch("rank_interleaved_sampler", {"transformers": ">=5.17,<5.24", "trl": ">=1.16,<1.17"},
           ("trl.trainer.sft_trainer:SFTTrainer._get_train_sampler",),
           frozenset({"43c26a625c1c35d3"}),
