@@ -23,12 +23,13 @@ def prepare_data(argv: list[str] | None = None, prog: str = "python prepare_data
         python prepare_data.py --config recipes/phi-2/qlora.yaml   # writes OUTPUT_DIR/data
     """
     from .data import prepare
+    from .layout import STATS_FILE
 
     data_args, eval_args, training_args, model_args = parse_args(argv, "prepare_data.py", prog,
                                                                  _describe(prepare_data))
     target, reused = prepare(data_args, training_args, model_args, eval_args.overwrite_output_dir)
     print(f"Prepared data in {target} (reused)" if reused
-          else f"Prepared data saved to {target} (statistics in {target / 'stats.json'})")
+          else f"Prepared data saved to {target} (statistics in {target / STATS_FILE})")
 
 
 def train(argv: list[str] | None = None, prog: str = "python train.py") -> None:

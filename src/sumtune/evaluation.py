@@ -187,19 +187,9 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
     if done and state.is_main_process:
         logger.info("Resuming: %d of %d predictions already made; generating %d.", len(done), len(prompts),
                     len(missing))
-    # The batches one process would make of the missing rows; each process generates a share of whole batches, so a
-    # row meets the same batch-mates, padding and kernel shapes whatever the number of processes.
     todo = [prompts[i] for i in missing]
     encoded = encode_prompts(tokenizer, todo)
-    lengths = [len(ids) for ids in encoded]
-    batches = decoding.plan(lengths)
-    if state.num_processes > 1:
-        costs = [batch_cost(lengths, batch, decoding.max_new_tokens) for batch in batches]
-        mine = deal_batches(costs, state.num_processes)[state.process_index]
-        batches = [batches[k] for k in mine]
-        logger.info("Process %d of %d: generating %d rows in %d batches (%d of %d KV-cache tokens).",
-                    state.process_index, state.num_processes, sum(len(b) for b in batches), len(batches),
-                    sum(costs[k] for k in mine), sum(costs))
+    batches = my_batches(decoding, [len(ids) for ids in encoded], state)
     state.wait_for_everyone()  # every process has read the partial files
     if state.is_main_process:  # drop stale files, cut lines a kill left short, so appended lines are read
         for path in partial_files(output_dir):
@@ -219,11 +209,30 @@ def generate_missing(rows, prompt: Prompt, decoding: Decoding, eval_args: EvalAr
               "summaries_per_s": round(len(missing) / seconds, 2) if seconds > 0 else None}
     logger.info("Generated %d summaries in %.1f s on %d process(es): %s per second.", len(missing), seconds,
                 state.num_processes, timing["summaries_per_s"])
+    return every_prediction(output_dir, run_key, ids), timing
+
+
+def my_batches(decoding: Decoding, lengths: list[int], state: PartialState) -> list[list[int]]:
+    """The batches one process would make of the missing rows; under several processes each generates a share of
+    whole batches, so a row meets the same batch-mates, padding and kernel shapes whatever the number of processes."""
+    batches = decoding.plan(lengths)
+    if state.num_processes == 1:
+        return batches
+    costs = [batch_cost(lengths, batch, decoding.max_new_tokens) for batch in batches]
+    mine = deal_batches(costs, state.num_processes)[state.process_index]
+    logger.info("Process %d of %d: generating %d rows in %d batches (%d of %d KV-cache tokens).",
+                state.process_index, state.num_processes, sum(len(batches[k]) for k in mine), len(mine),
+                sum(costs[k] for k in mine), sum(costs))
+    return [batches[k] for k in mine]
+
+
+def every_prediction(output_dir: Path, run_key: dict, ids: list[str]) -> list[str]:
+    """Every row's prediction from the partial files of all processes, in row order."""
     done, _ = merge_partials(output_dir, run_key, ids)
     if len(done) < len(ids):
         raise RunError(f"{len(ids) - len(done)} of {len(ids)} predictions are missing from the partial files in "
                        f"{output_dir}: re-run with the same settings to generate them.")
-    return [done[i] for i in range(len(ids))], timing
+    return [done[i] for i in range(len(ids))]
 
 
 def process_state(training_args: SFTConfig) -> PartialState:

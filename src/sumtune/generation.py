@@ -361,19 +361,7 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
     rows, prompt_len = input_ids.shape
     length = prompt_len + max_new_tokens
     device = input_ids.device
-    # Prefill without a padding mask. With right padding every real token has only its own row's earlier real
-    # tokens before it, so the causal mask alone is exact, positions are plain 0..n-1, and SDPA may run flash
-    # attention (any padding mask forces its slower memory-efficient kernel). Pads compute values nothing reads:
-    # their cache slots are overwritten by the row's new tokens before any step reads them, and each row's first
-    # token comes from its last real position.
-    # The prefill writes every layer's keys and values straight into the decoding cache's buffers.
-    position = lengths[:, None].clone() - 1  # position (= cache slot) of the token fed in; moved before each step
-    cache = SlotCache(length, position[:, 0])
-    with torch.profiler.record_function("sumtune.prefill"):
-        hidden = causal_lm.model(input_ids=input_ids, past_key_values=cache.prefill_cache(),
-                                 use_cache=True).last_hidden_state
-    logits = next_token_logits(causal_lm, hidden[cache.rows, lengths - 1])
-    del hidden
+    cache, position, logits = _prefill(causal_lm, input_ids, lengths, length)
 
     out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -399,38 +387,59 @@ def _greedy_batch(model, input_ids, lengths, max_new_tokens, eos, pad, min_new_t
                                  past_key_values=cache, use_cache=True, **extra).last_hidden_state
         choose(next_token_logits(causal_lm, hidden[:, -1]))
 
-    # Whether every row is done is read two steps late, from pinned memory: the host never waits for the step it has
-    # just queued, so it can queue the next while the GPU works. At most one step runs after the last row's EOS (its
-    # tokens are pad). Slot k % 2 holds the flag written after step k, read before step k + 2.
-    # Every tensor a step reads or writes (token, position, step, done, out, the cache) is updated in place, which
-    # is what lets a CUDA graph replay the step: step 1 runs eagerly (it warms up cuBLAS and the allocator), step 2
-    # is captured, then replayed for every later step.
-    cuda = device.type == "cuda"
-    flags = [(torch.zeros(1, dtype=torch.bool, pin_memory=cuda), torch.cuda.Event() if cuda else None)
-             for _ in range(2)]
-    graph = None
     choose(logits)
     if bool(done.all()):  # every row stopped at the prefill's token
         return out
     with attention_implementation(causal_lm, SLOT_DECODE) if decode_attention != "sdpa" else contextlib.nullcontext():
-        for k in range(1, max_new_tokens):
-            flag, event = flags[k % 2]
-            if k >= 3:
-                if event is not None:
-                    event.synchronize()
-                if bool(flag):
-                    break
-            with torch.profiler.record_function("sumtune.decode_step"):
-                if cuda and cuda_graph and k == 2:
-                    graph = capture(decode)
-                if graph is not None:
-                    graph.replay()
-                else:
-                    decode()
-            flag.copy_(done.all(), non_blocking=cuda)
-            if event is not None:
-                event.record()
+        _step_until_done(decode, done, max_new_tokens, device.type == "cuda", cuda_graph)
     return out
+
+
+def _prefill(causal_lm, input_ids, lengths, length: int):
+    """The prompt's forward: (the SlotCache holding its keys and values, each row's position, the first logits).
+
+    Prefill without a padding mask. With right padding every real token has only its own row's earlier real tokens
+    before it, so the causal mask alone is exact, positions are plain 0..n-1, and SDPA may run flash attention (any
+    padding mask forces its slower memory-efficient kernel). Pads compute values nothing reads: their cache slots are
+    overwritten by the row's new tokens before any step reads them, and each row's first token comes from its last
+    real position. The prefill writes every layer's keys and values straight into the decoding cache's buffers."""
+    position = lengths[:, None].clone() - 1  # position (= cache slot) of the token fed in; moved before each step
+    cache = SlotCache(length, position[:, 0])
+    with torch.profiler.record_function("sumtune.prefill"):
+        hidden = causal_lm.model(input_ids=input_ids, past_key_values=cache.prefill_cache(),
+                                 use_cache=True).last_hidden_state
+    return cache, position, next_token_logits(causal_lm, hidden[cache.rows, lengths - 1])
+
+
+def _step_until_done(decode, done, max_new_tokens: int, cuda: bool, cuda_graph: bool) -> None:
+    """Run `decode` (one token for every row, all state updated in place) until every row is `done`.
+
+    Whether every row is done is read two steps late, from pinned memory: the host never waits for the step it has
+    just queued, so it can queue the next while the GPU works. At most one step runs after the last row's EOS (its
+    tokens are pad). Slot k % 2 holds the flag written after step k, read before step k + 2. Every tensor a step reads
+    or writes (token, position, step, done, out, the cache) is updated in place, which is what lets a CUDA graph
+    replay the step: step 1 runs eagerly (it warms up cuBLAS and the allocator), step 2 is captured, then replayed
+    for every later step."""
+    flags = [(torch.zeros(1, dtype=torch.bool, pin_memory=cuda), torch.cuda.Event() if cuda else None)
+             for _ in range(2)]
+    graph = None
+    for k in range(1, max_new_tokens):
+        flag, event = flags[k % 2]
+        if k >= 3:
+            if event is not None:
+                event.synchronize()
+            if bool(flag):
+                break
+        with torch.profiler.record_function("sumtune.decode_step"):
+            if cuda and cuda_graph and k == 2:
+                graph = capture(decode)
+            if graph is not None:
+                graph.replay()
+            else:
+                decode()
+        flag.copy_(done.all(), non_blocking=cuda)
+        if event is not None:
+            event.record()
 
 
 def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:

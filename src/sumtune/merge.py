@@ -62,10 +62,22 @@ def merge_adapter(model_args: ModelConfig, adapter_path: str | None, output_dir:
         return output_dir
     # The merged copy is at most the size of the base's files (smaller when they are fp32 and the merge is 16-bit).
     check_free_disk(output_dir, weights_bytes(model_args.model_name_or_path) + 2**28, "the merged model")
-    from peft import PeftModel
-
     tokenizer = load_tokenizer(adapter_path, chat_template_path)
     probe = tokenizer(PARITY_TEXT, return_tensors="pt")["input_ids"]
+    merged, reference, merged_into = merged_model(model_args, adapter_path, merge_base, probe)
+    parity = _parity(reference, _logits(merged, probe))
+    logger.info("Merged into the %s base weights; against the adapter on the %s base: max |logit diff| %.4g, "
+                "top-1 agreement %.3f on %d tokens", merged_into, "4-bit" if model_args.load_in_4bit else "same",
+                parity["max_abs_logit_diff"], parity["top1_agreement"], parity["tokens"])
+    save_merged(merged, tokenizer, model_args, adapter_path, output_dir,
+                dict(merged_into=merged_into, parity_vs_adapter=parity))
+    return output_dir
+
+
+def merged_model(model_args: ModelConfig, adapter_path: str, merge_base: str, probe):
+    """(the merged model, the adapter's logits on `probe` to check it against, which weights it was merged into)."""
+    from peft import PeftModel
+
     if model_args.load_in_4bit and merge_base == "dequantized_4bit":
         # The adapter learned to correct the 4-bit weights, not the original ones: adding it to the original
         # checkpoint scored 0.67 ROUGE-1 below the adapter on the 4-bit base (SmolLM2-135M, docs/quality.md).
@@ -75,26 +87,25 @@ def merge_adapter(model_args: ModelConfig, adapter_path: str | None, output_dir:
         model = PeftModel.from_pretrained(load_model(model_args), adapter_path)
         dequantize_4bit_linears(model)
         reference = _logits(model, probe)
-        merged = merge_adapter_weights(model)  # the sum in fp32, rounded once to the weights' dtype
-        merged_into = "dequantized_4bit"
-    else:
-        # Merge in fp32 and cast once: adding the low-rank update to 16-bit weights would round it into 16 bits
-        # first, and an update smaller than the weight's rounding step would vanish (a 3.4% logit gap in bf16).
-        target = resolve_dtype(model_args.dtype)
-        base = load_model(dataclasses.replace(model_args, dtype="float32") if target != "auto" else model_args,
-                          quantize=False)
-        model = PeftModel.from_pretrained(base, adapter_path)
-        # the parity check compares with what the adapter was trained and evaluated on: the 4-bit base if quantized
-        reference = _logits(PeftModel.from_pretrained(load_model(model_args), adapter_path)
-                            if model_args.load_in_4bit else model, probe)
-        merged = model.merge_and_unload()
-        if target != "auto":
-            merged = merged.to(target)
-        merged_into = "original"
-    parity = _parity(reference, _logits(merged, probe))
-    logger.info("Merged into the %s base weights; against the adapter on the %s base: max |logit diff| %.4g, "
-                "top-1 agreement %.3f on %d tokens", merged_into, "4-bit" if model_args.load_in_4bit else "same",
-                parity["max_abs_logit_diff"], parity["top1_agreement"], parity["tokens"])
+        # the sum in fp32, rounded once to the weights' dtype; no stock path merges into dequantized weights
+        return merge_adapter_weights(model, required=True), reference, "dequantized_4bit"
+    # Merge in fp32 and cast once: adding the low-rank update to 16-bit weights would round it into 16 bits
+    # first, and an update smaller than the weight's rounding step would vanish (a 3.4% logit gap in bf16).
+    target = resolve_dtype(model_args.dtype)
+    base = load_model(dataclasses.replace(model_args, dtype="float32") if target != "auto" else model_args,
+                      quantize=False)
+    model = PeftModel.from_pretrained(base, adapter_path)
+    # the parity check compares with what the adapter was trained and evaluated on: the 4-bit base if quantized
+    reference = _logits(PeftModel.from_pretrained(load_model(model_args), adapter_path)
+                        if model_args.load_in_4bit else model, probe)
+    merged = model.merge_and_unload()
+    return (merged.to(target) if target != "auto" else merged), reference, "original"
+
+
+def save_merged(merged, tokenizer, model_args: ModelConfig, adapter_path: str, output_dir: Path,
+                provenance: dict) -> None:
+    """The merged model, its tokenizer, the adapter's prompt files and records, a manifest and a card, written through
+    a temporary folder renamed into place."""
     tmp = tmp_dir_for(output_dir)
     merged.generation_config.eos_token_id = tokenizer.eos_token_id
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -104,14 +115,13 @@ def merge_adapter(model_args: ModelConfig, adapter_path: str | None, output_dir:
         if (Path(adapter_path) / name).is_file():
             shutil.copy(Path(adapter_path) / name, tmp / name)
     adapter_manifest = read_manifest(adapter_path) or {}
-    config = read_json(Path(adapter_path) / RUN_CONFIG_FILE)
-    write_manifest(tmp, config=config, base_model=model_args.model_name_or_path, adapter=str(adapter_path),
-                   dtype=model_args.dtype, dataset_fingerprint=adapter_manifest.get("dataset_fingerprint"),
+    write_manifest(tmp, config=read_json(Path(adapter_path) / RUN_CONFIG_FILE),
+                   base_model=model_args.model_name_or_path, adapter=str(adapter_path), dtype=model_args.dtype,
+                   dataset_fingerprint=adapter_manifest.get("dataset_fingerprint"),
                    prompt_hash=adapter_manifest.get("prompt_hash"), adapter_manifest=adapter_manifest or None,
-                   merged_into=merged_into, parity_vs_adapter=parity)
+                   **provenance)
     write_model_card(tmp, "merged", published=output_dir)
     publish_dir(tmp, output_dir)
-    return output_dir
 
 
 def _logits(model, input_ids):

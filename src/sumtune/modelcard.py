@@ -265,11 +265,15 @@ def _body(kind, name, published, base, dataset, manifest, config, history, folde
                         and not own.metrics.get("adapter") else "."),
                      scores_table(list(evaluations))]
 
-    data_dir = data_cfg.get("dataset_name")
-    max_length = train_cfg.get("max_length")
+    sections += _usage(kind, base, published, model_cfg, data_cfg.get("dataset_name"), train_cfg.get("max_length"))
+    return "\n\n".join(sections) + "\n"
+
+
+def _usage(kind, base, published, model_cfg: dict, data_dir, max_length) -> list[str]:
+    """The card's "How to use": summarize.py and evaluate.py with this model and its own prompt files."""
     if kind == "adapter":
         load = f"--model_name_or_path {base} --adapter_path {published}"
-        if quantized:
+        if model_cfg.get("load_in_4bit"):
             load += (f" \\\n    --load_in_4bit true --bnb_4bit_quant_type {model_cfg.get('bnb_4bit_quant_type')} "
                      f"--use_bnb_nested_quant {str(bool(model_cfg.get('use_bnb_nested_quant'))).lower()}")
     else:
@@ -277,13 +281,12 @@ def _body(kind, name, published, base, dataset, manifest, config, history, folde
     if model_cfg.get("dtype"):
         load += f" --dtype {model_cfg['dtype']}"
     prompt = f"--chat_template_path {published}/chat_template.jinja --instruction_path {published}/instruction.txt"
-    sections += ["## How to use",
-                 "From a checkout of sumtune (the prompt files are the ones in this folder):",
-                 f"```bash\npython summarize.py {load} \\\n    {prompt} \\\n    --max_length {max_length} "
-                 f"--input_file article.txt\n"
-                 f"python evaluate.py {load} \\\n    {prompt} \\\n    --max_length {max_length} "
-                 f"--dataset_name {data_dir} --output_dir {published.parent}/eval/{published.name}\n```"]
-    return "\n\n".join(sections) + "\n"
+    return ["## How to use",
+            "From a checkout of sumtune (the prompt files are the ones in this folder):",
+            f"```bash\npython summarize.py {load} \\\n    {prompt} \\\n    --max_length {max_length} "
+            f"--input_file article.txt\n"
+            f"python evaluate.py {load} \\\n    {prompt} \\\n    --max_length {max_length} "
+            f"--dataset_name {data_dir} --output_dir {published.parent}/eval/{published.name}\n```"]
 
 
 MODELFILE_NAME = "Modelfile"  # the Ollama Modelfile `make gguf` writes beside the GGUF files

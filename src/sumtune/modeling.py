@@ -234,18 +234,25 @@ def dequantize_4bit_linears(model) -> int:
     return len(layers)
 
 
-def merge_adapter_weights(model):
+def merge_adapter_weights(model, required: bool = False):
     """Add each LoRA layer's update to its base weight in memory and return the plain model (no LoRA layers left).
 
     For generation: every LoRA layer otherwise runs ~4 extra kernels per forward (A, B, scale, add), which dominate
     one-token decoding steps. The sum is taken in float32 and rounded to the weight's dtype once, as merge.py does on
     disk. PEFT's `merge_and_unload` cannot do it after `dequantize_4bit_linears`: its bitsandbytes LoRA layer would
     dequantize the (now plain) weight again and requantize the sum. So PEFT computes each update
-    (`get_delta_weight`) and removes its layers (`unload`); only the addition is done here."""
+    (`get_delta_weight`) and removes its layers (`unload`); only the addition is done here. Outside the PEFT versions
+    it was checked on (patches: lora_merge_in_memory) the model comes back unmerged, or, `required`, is refused."""
     import bitsandbytes as bnb
     from peft.tuners.lora import LoraLayer
 
     if not patches.enabled("lora_merge_in_memory"):
+        if required:
+            raise ConfigError("Merging into the dequantized 4-bit weights relies on PEFT internals checked on peft "
+                              f"{patches.PATCHES['lora_merge_in_memory'].versions['peft']} (the warning above says "
+                              "what differs): merge with --merge_base original, or set "
+                              f"{patches.FORCE_ENV}=lora_merge_in_memory and check the merged model's parity in its "
+                              "manifest.")
         return model  # the stock path: generation through the LoRA layers (the warning names why)
     count = 0
     for module in model.modules():
