@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sumtune.curve import plot_curve  # noqa: E402
 
 
 def curve_rows(path: Path) -> dict[str, list[dict]]:
@@ -23,8 +22,9 @@ def curve_rows(path: Path) -> dict[str, list[dict]]:
     latest: dict[tuple[str, int], dict] = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        if row.get("system") == "adapter" and str(row.get("note", "")).startswith("curve "):
-            _, model, _ = row["note"].split()
+        if (row.get("system") == "adapter" and str(row.get("note", "")).startswith("curve ")
+                and not row.get("invalid")):
+            _, model, _ = row["note"].split(";")[0].split()[:3]
             latest[(model, row["rows"]["train"])] = row
     curves: dict[str, list[dict]] = {}
     for (model, _), row in sorted(latest.items()):
@@ -32,40 +32,26 @@ def curve_rows(path: Path) -> dict[str, list[dict]]:
     return curves
 
 
-def lead_rouge1(path: Path) -> float | None:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    leads = [r for r in rows if r.get("system") == "lead" and str(r.get("note", "")).startswith("curve ")]
-    return leads[-1]["rouge1"] if leads else None
-
-
 def main():
+    """One plot per model through sumtune.curve.plot_curve, the drawing `make curve` makes. The bench's points come
+    from separate GPU runs whose per-row scores are not kept, so they get no fit or projection (`make curve` fits
+    its own runs)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=ROOT / "bench/results/quality.jsonl")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs/quality_curve.png")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs/quality_curve.png",
+                        help="the plot; with several models, one file each (NAME-MODEL.png)")
     args = parser.parse_args()
     curves = curve_rows(args.results)
     if not curves:
         raise SystemExit(f"error: {args.results} holds no learning-curve rows (notes 'curve MODEL SIZE'): run "
                          "bench/quality_curve.sh first")
-    fig, ax = plt.subplots(figsize=(6, 4))
     for model, rows in curves.items():
-        sizes = [r["rows"]["train"] for r in rows]
-        means = [r["rouge1"] for r in rows]
-        low = [r["rouge1"] - r["ci95"]["rouge1"][0] for r in rows]
-        high = [r["ci95"]["rouge1"][1] - r["rouge1"] for r in rows]
-        ax.errorbar(sizes, means, yerr=[low, high], marker="o", capsize=3, label=model)
-    lead = lead_rouge1(args.results)
-    if lead is not None:
-        ax.axhline(lead, color="grey", linestyle="--", linewidth=1, label="lead-1")
-    ax.set_xscale("log")
-    ax.set_xlabel("training rows (XSum, real)")
-    ax.set_ylabel("test ROUGE-1 (500 rows, 95% interval)")
-    ax.set_title("Fine-tuned adapter, greedy decoding")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=120)
-    print(args.output)
+        curve = {"points": [{"rows": r["rows"]["train"], "rouge1": r["rouge1"], "ci95": r["ci95"]} for r in rows],
+                 "projection": {"rouge1": {"fit": None, "reason": "points from separate GPU runs (bench/quality.py); "
+                                                                  "`make curve` fits and projects its own runs"}}}
+        output = args.output if len(curves) == 1 else args.output.with_stem(f"{args.output.stem}-{model}")
+        plot_curve(curve, output)
+        print(output)
 
 
 if __name__ == "__main__":
