@@ -9,10 +9,13 @@ from pathlib import Path
 
 from conftest import ROOT, make_rows, write_jsonl
 
+from sumtune.config import STAGE_SETTINGS
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-# Overrides that make the demo recipe a few-second CPU run on the tiny model; every script takes the same flags.
-TINY = ["--config", "recipes/tiny/demo.yaml", "--max_length", "256", "--report_to", "none",
-        "--eval_strategy", "no", "--per_device_train_batch_size", "4", "--logging_steps", "1"]
+# Overrides that make the demo recipe a few-second CPU run on the tiny model; each script gets those its stage takes.
+TINY_RECIPE = "recipes/tiny/demo.yaml"
+TINY = {"max_length": "256", "report_to": "none", "eval_strategy": "no", "per_device_train_batch_size": "4",
+        "logging_steps": "1"}
 
 
 def make_data(folder: Path, train: int = 16, validation: int = 4, test: int = 4) -> Path:
@@ -23,7 +26,9 @@ def make_data(folder: Path, train: int = 16, validation: int = 4, test: int = 4)
 
 def script_args(script: str, model_dir, *argv) -> list[str]:
     argv = [str(a) for a in argv]
-    base = TINY[2:] if "--config" in argv else TINY  # a case's own recipe replaces the demo recipe
+    own = STAGE_SETTINGS.get(script, set())
+    base = [] if "--config" in argv else ["--config", TINY_RECIPE]  # a case's own recipe replaces the demo recipe
+    base += [item for key, value in TINY.items() if key in own for item in (f"--{key}", value)]
     return [sys.executable, script, *base, "--model_name_or_path", str(model_dir), *argv]
 
 

@@ -14,6 +14,8 @@ import pytest
 from conftest import make_rows, write_jsonl
 from helpers_crash import ENV, ROOT, make_data, run_script
 
+from sumtune.config import STAGE_SETTINGS
+
 # Each case is a subprocess (imports alone take seconds): the whole matrix runs under `make test-all`.
 pytestmark = pytest.mark.slow
 
@@ -81,7 +83,8 @@ def summarize(tmp, *args):
 
 def bare(script, tmp, *args):
     """A script run as a newcomer types it: no recipe, no model (the other builders add the tiny ones)."""
-    return script, ["--output_dir", tmp / "out", *args], "bare"
+    output = ["--output_dir", tmp / "out"] if "output_dir" in STAGE_SETTINGS[script] else []
+    return script, [*output, *args], "bare"
 
 
 def a_file(tmp: Path) -> Path:
