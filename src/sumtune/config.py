@@ -97,7 +97,8 @@ class EvalArguments:
     output_file: str | None = field(
         default=None,
         metadata={"help": "summarize.py: write JSONL (`id`, `summary`) here instead of printing; needed for many "
-                          "articles. A killed run, started again with the same settings, makes only what is missing."},
+                          "articles. Its settings are kept beside it (NAME.manifest.json): a re-run with the same "
+                          "settings reuses a finished file and resumes a killed one; other settings are refused."},
     )
     rouge_eval_samples: int = field(
         default=0,
