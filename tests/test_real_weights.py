@@ -157,15 +157,16 @@ def test_short_qlora_run_lowers_validation_loss_and_it_and_its_merge_beat_zero_s
     write_jsonl(data / "train.jsonl", xsum_rows(48, start=0))
     write_jsonl(data / "validation.jsonl", xsum_rows(8, start=100))
     write_jsonl(data / "test.jsonl", xsum_rows(16, start=200))
-    cpu = ["--bf16", "false", "--dtype", "float32", "--optim", "adamw_torch", "--dataset_num_proc", "1",
-           "--report_to", "none", "--max_length", "320", "--max_new_tokens", "40", "--bootstrap_samples", "200"]
+    # CPU settings for both stages, then each stage's own
+    cpu = ["--dtype", "float32", "--dataset_num_proc", "1", "--max_length", "320", "--max_new_tokens", "40"]
+    training = ["--bf16", "false", "--optim", "adamw_torch", "--report_to", "none"]
     run = tmp_path / "run"
     data_args, eval_args, training_args, model_args = parse_args([
         "--config", str(RECIPE), "--model_name_or_path", str(real_model_dir), "--dataset_name", str(data),
         "--output_dir", str(run), "--max_steps", "12", "--per_device_train_batch_size", "4",
         "--learning_rate", "1e-3", "--warmup_steps", "0", "--eval_strategy", "steps", "--eval_steps", "12",
         "--eval_on_start", "true", "--save_strategy", "no", "--rouge_eval_samples", "0", "--logging_steps", "4",
-        *cpu], script="train.py")
+        *cpu, *training], script="train.py")
     adapter = train(data_args, training_args, model_args, eval_args)
     history = json.loads((adapter / "log_history.json").read_text())
     losses = [row["eval_loss"] for row in history if "eval_loss" in row]
@@ -181,7 +182,7 @@ def test_short_qlora_run_lowers_validation_loss_and_it_and_its_merge_beat_zero_s
                         ("adapter", ["--model_name_or_path", str(real_model_dir), "--adapter_path", str(adapter)]),
                         ("merged", ["--model_name_or_path", str(merged), "--load_in_4bit", "false"])):
         args = parse_args(["--config", str(RECIPE), "--dataset_name", str(data), "--output_dir",
-                           str(tmp_path / name), *extra, *cpu], script="evaluate.py")
+                           str(tmp_path / name), *extra, *cpu, "--bootstrap_samples", "200"], script="evaluate.py")
         scores[name] = evaluate(*args)
     rouge1 = {name: metrics["rouge1"] for name, metrics in scores.items()}
     assert scores["adapter"]["num_rows"] == scores["zero_shot"]["num_rows"] == scores["merged"]["num_rows"] == 16
