@@ -215,11 +215,9 @@ def export_gguf(merged_dir: str | Path, output_dir: str | Path, types=DEFAULT_TY
         instruction_file = merged_dir / "instruction.txt"
         instruction = instruction_file.read_text(encoding="utf-8") if instruction_file.is_file() else None
         (tmp / MODELFILE_NAME).write_text(ollama_modelfile(tokenizer, instruction, main), encoding="utf-8")
-        from importlib.metadata import version
-
         write_manifest(tmp, settings=export_settings(merged_dir, types), architecture=arch,
                        gguf_files={n: {"type": t, "bytes": (tmp / n).stat().st_size} for n, t in files.items()},
-                       llama_cpp_python=version("llama-cpp-python"),
+                       llama_cpp_python=getattr(llama_cpp, "__version__", None),  # the toolchain that ran
                        eos_token=tokenizer.eos_token, chat_template=tokenizer.chat_template)
         write_gguf_card(tmp, merged_dir, files, main, instruction is not None, published=output_dir)
     except BaseException:
